@@ -1,0 +1,1 @@
+"""dinoflow data_catalog package."""

@@ -1,0 +1,127 @@
+"""The ``images`` table: one row per input file ever seen, keyed by ``uri``.
+
+Every input ends in exactly one ``status`` with a machine-readable ``reason`` (null only when
+accepted), so ``accepted + rejected + duplicate == inputs`` always holds.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data_catalog.catalog import Catalog
+
+TABLE = "images"
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+
+
+class Reason(StrEnum):
+    """The fixed vocabulary of ``reason`` values (documented in README.md)."""
+
+    READ_ERROR = "read_error"  # the file could not be read from its source (I/O, permissions, missing)
+    EMPTY_FILE = "empty_file"  # zero bytes
+    NOT_AN_IMAGE = "not_an_image"  # bytes are not a known image format (text, pdf, svg, ...)
+    DECODE_ERROR = "decode_error"  # looks like an image but decoding failed (corrupt, truncated)
+    TOO_MANY_PIXELS = "too_many_pixels"  # header declares more pixels than the cap (decompression bomb)
+    TOO_SMALL = "too_small"  # shorter side below min_side
+    ASPECT_RATIO = "aspect_ratio"  # long side / short side above max_aspect_ratio
+    LOW_INFORMATION = "low_information"  # near-uniform image (blank, single colour)
+    TOO_BLURRY = "too_blurry"  # optional: Laplacian variance below threshold
+    TOO_DARK = "too_dark"  # optional: mean luma below threshold
+    EXACT_DUPLICATE = "exact_duplicate"  # same bytes (same image_id) as the kept image
+    NEAR_DUPLICATE_PHASH = "near_duplicate_phash"  # pHash within the Hamming radius of the kept image
+
+
+REJECT_REASONS = frozenset(
+    {
+        Reason.READ_ERROR,
+        Reason.EMPTY_FILE,
+        Reason.NOT_AN_IMAGE,
+        Reason.DECODE_ERROR,
+        Reason.TOO_MANY_PIXELS,
+        Reason.TOO_SMALL,
+        Reason.ASPECT_RATIO,
+        Reason.LOW_INFORMATION,
+        Reason.TOO_BLURRY,
+        Reason.TOO_DARK,
+    }
+)
+DUPLICATE_REASONS = frozenset({Reason.EXACT_DUPLICATE, Reason.NEAR_DUPLICATE_PHASH})
+
+_TS = pa.timestamp("us", tz="UTC")
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),  # the key: where the file was found
+        pa.field("image_id", pa.string()),  # sha256 of the file bytes, hex; null if unreadable
+        pa.field("source", pa.string()),  # the source spec the file came from
+        pa.field("bytes", pa.int64()),  # file size
+        pa.field("width", pa.int32()),  # pixels after EXIF orientation; null if undecodable
+        pa.field("height", pa.int32()),
+        pa.field("format", pa.string()),  # PIL format name (JPEG, PNG, ...), null if unknown
+        pa.field("mode", pa.string()),  # PIL mode of the file (RGB, L, CMYK, I;16, P, ...)
+        pa.field("phash", pa.string()),  # 64-bit perceptual hash, 16 hex digits
+        pa.field("mean_luma", pa.float32()),  # 0..255, on the decoded thumbnail
+        pa.field("luma_std", pa.float32()),  # 0..255, low-information measure
+        pa.field("sharpness", pa.float32()),  # variance of the Laplacian on the thumbnail
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),  # human-readable detail of a rejection (exception text)
+        pa.field("dup_of", pa.string()),  # image_id of the kept image, for duplicates
+        pa.field("dup_of_uri", pa.string()),  # uri of the kept image, for duplicates
+        pa.field("first_run_id", pa.string()),  # the run that first saw this file
+        pa.field("run_id", pa.string()),  # the run that last changed this row
+        pa.field("ingested_at", _TS),
+        pa.field("updated_at", _TS),
+    ]
+)
+
+
+def read_images(catalog: Catalog, version: int | None = None, columns: list[str] | None = None) -> pa.Table:
+    return catalog.read(TABLE, IMAGES_SCHEMA, version=version, columns=columns)
+
+
+def known_uris(catalog: Catalog) -> set[str]:
+    """URIs already in the catalog: an incremental run skips them without reading a byte."""
+    return set(read_images(catalog, columns=["uri"]).column("uri").to_pylist())
+
+
+def upsert_images(catalog: Catalog, rows: pa.Table, run_id: str) -> int:
+    """Insert new rows / replace rows with the same uri, atomically. Returns the table version."""
+    if len(set(rows.column("uri").to_pylist())) != rows.num_rows:
+        raise ValueError("upsert_images: duplicate uri in one write")
+    return catalog.upsert(TABLE, rows, IMAGES_SCHEMA, key="uri", metadata={"run_id": run_id})
+
+
+def status_counts(catalog: Catalog, version: int | None = None) -> list[dict[str, object]]:
+    """Counts per (status, reason), sorted: the summary every stage reports."""
+    table = read_images(catalog, version=version, columns=["status", "reason"])
+    if table.num_rows == 0:
+        return []
+    grouped = table.group_by(["status", "reason"], use_threads=False).aggregate([("status", "count")])
+    rows = [
+        {"status": s, "reason": r, "count": c}
+        for s, r, c in zip(
+            grouped.column("status").to_pylist(),
+            grouped.column("reason").to_pylist(),
+            grouped.column("status_count").to_pylist(),
+            strict=True,
+        )
+    ]
+    return sorted(rows, key=lambda row: (str(row["status"]), str(row["reason"] or "")))
+
+
+def accepted(catalog: Catalog, version: int | None = None, columns: list[str] | None = None) -> pa.Table:
+    table = read_images(catalog, version=version, columns=columns)
+    if columns and "status" not in columns:
+        full = read_images(catalog, version=version, columns=[*columns, "status"])
+        mask = pc.equal(full.column("status"), Status.ACCEPTED.value)
+        return full.filter(mask).select(columns)
+    return table.filter(pc.equal(table.column("status"), Status.ACCEPTED.value))

@@ -1,0 +1,1 @@
+"""dinoflow flows package."""

@@ -1,0 +1,1 @@
+"""dinoflow pretrain package."""

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real image data in ../shared/data (skips with a clear message if absent)."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$DINOFLOW_SHARED_DATA`` or ``../shared/data`` next to the repository."""
+    return Path(os.environ.get("DINOFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(
+            f"real test images not found at {path}: set DINOFLOW_SHARED_DATA to the shared/data folder "
+            "(CI always has it)"
+        )
+    return path
+
+
+def _extract(archive: Path, dest: Path) -> Path:
+    marker = dest / ".extracted"
+    if not marker.exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+        marker.touch()
+    return dest
+
+
+@pytest.fixture(scope="session")
+def imagenette_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Imagenette subset (2,000 JPEGs, 10 class folders), extracted once per session."""
+    root = _extract(shared_data / "imagenette-train-subset.tar.gz", tmp_path_factory.mktemp("imagenette"))
+    return root / "imagenette-train-subset"
+
+
+@pytest.fixture(scope="session")
+def cifar10_test_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CIFAR-10 test split as ImageFolder (``test/<class>/NNNN.jpg``), extracted once per session."""
+    root = _extract(shared_data / "cifar10-test.tar.gz", tmp_path_factory.mktemp("cifar10-test"))
+    return root / "test"
+
+
+@pytest.fixture(scope="session")
+def raw_photos(shared_data: Path) -> Path:
+    return shared_data / "raw-photos" / "images"
+
+
+@pytest.fixture(scope="session")
+def imagededup_testdata(shared_data: Path) -> Path:
+    return shared_data / "imagededup-testdata"
