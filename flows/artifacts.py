@@ -1,0 +1,32 @@
+"""Prefect artifacts the stages publish: count tables, markdown reports, embedded images."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+
+def artifact_key(text: str) -> str:
+    """Artifact keys may hold only lowercase letters, numbers and dashes."""
+    key = "".join(ch if ch.isalnum() else "-" for ch in text.lower())
+    return "-".join(part for part in key.split("-") if part)[:100] or "artifact"
+
+
+def publish_counts(stage: str, rows: list[dict[str, Any]], description: str) -> None:
+    """A table artifact with counts per status and reason (one per stage)."""
+    table = [{"status": r["status"], "reason": r["reason"] or "", "count": r["count"]} for r in rows]
+    table.append({"status": "total", "reason": "", "count": sum(int(r["count"]) for r in rows)})
+    create_table_artifact(table=table, key=artifact_key(f"{stage}-counts"), description=description)
+
+
+def image_markdown(path: Path, alt: str) -> str:
+    """Markdown that shows a PNG inline (data URI, so the UI needs no file server) and names its path."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"![{alt}](data:image/png;base64,{data})\n\n`{path}`\n"
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    create_markdown_artifact(markdown=markdown, key=artifact_key(key), description=description)

@@ -1,0 +1,136 @@
+"""The ``dinoflow`` command line. Heavy imports (prefect, torch) happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="dinoflow: curate a pile of images and pretrain DINOv2 on it, as one Prefect DAG.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+catalog_app = typer.Typer(help="Inspect and export a data catalog.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with pipeline settings.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one setting, e.g. --set curate.filter.min_side=96 (repeatable)."),
+]
+CatalogOpt = Annotated[str, typer.Option("--catalog", help="Catalog root: a folder or an fsspec URI.")]
+
+
+def _pipeline_config(catalog: str, source: str | None, config: Path | None, overrides: list[str] | None, **extra):  # type: ignore[no-untyped-def]
+    from flows.config import PipelineConfig
+    from flows.settings import load_model
+
+    base = {"catalog": catalog, **({"source": source} if source else {}), **extra}
+    return load_model(PipelineConfig, config, overrides or [], **base)
+
+
+@app.command()
+def curate(
+    source: Annotated[str, typer.Option("--source", help="Folder, fsspec URL, tar shards, or a parquet/CSV list.")],
+    catalog: CatalogOpt,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    dask_address: Annotated[str | None, typer.Option("--dask-address", help="Use an existing Dask cluster.")] = None,
+) -> None:
+    """Ingest, filter and hash-deduplicate images into the catalog (Prefect ephemeral mode, no server)."""
+    from flows.curate import curate as curate_flow
+    from flows.report import print_summary
+
+    cfg = _pipeline_config(catalog, source, config, overrides, **({"dask_address": dask_address} if dask_address else {}))
+    result = curate_flow(cfg)
+    print_summary(result)
+
+
+@app.command()
+def run(
+    catalog: CatalogOpt,
+    source: Annotated[str | None, typer.Option("--source", help="Images to ingest (omit to use the catalog as is).")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Run the whole ``curate-and-pretrain`` flow locally (Prefect ephemeral mode)."""
+    from flows.pipeline import curate_and_pretrain
+    from flows.report import print_summary
+
+    cfg = _pipeline_config(catalog, source, config, overrides)
+    print_summary(curate_and_pretrain(cfg))
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo pool and catalog go.")] = Path(".dinoflow-demo"),
+    photos: Annotated[Path | None, typer.Option(help="Folder of real photos (default: ../shared/data/raw-photos).")] = None,
+    pretrain: Annotated[bool, typer.Option(help="Also pretrain the demo model on 2 CPU cores.")] = True,
+) -> None:
+    """Build a demo pool from real photos (plus copies, edits, broken files) and run the pipeline on it."""
+    from flows.demo import run_demo
+
+    run_demo(workdir, photos, pretrain=pretrain)
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", help="YAML file with the pipeline settings (catalog, source, ...).")],
+    overrides: SetOpt = None,
+    cron: Annotated[str, typer.Option(help="Cron schedule.")] = "0 2 * * *",
+    timezone: Annotated[str, typer.Option(help="IANA timezone of the schedule.")] = "UTC",
+) -> None:
+    """Serve the ``curate-and-pretrain/nightly`` deployment (needs ``prefect server start``)."""
+    from flows.config import PipelineConfig
+    from flows.deploy import serve_nightly
+    from flows.settings import load_model
+
+    serve_nightly(load_model(PipelineConfig, config, overrides or []), cron=cron, timezone=timezone)
+
+
+@catalog_app.command("stats")
+def catalog_stats(
+    catalog: CatalogOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Counts per status and reason in the images table, and the table versions."""
+    from data_catalog.catalog import Catalog
+    from flows.report import catalog_summary, print_catalog_summary
+
+    summary = catalog_summary(Catalog(catalog))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        print_catalog_summary(summary)
+
+
+@catalog_app.command("export")
+def catalog_export(
+    table: Annotated[str, typer.Argument(help="Table to export: images, datasets or runs.")],
+    catalog: CatalogOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output file: .parquet or .csv.")],
+    version: Annotated[int | None, typer.Option(help="Table version (default: newest).")] = None,
+) -> None:
+    """Export a catalog table to parquet or CSV."""
+    from data_catalog.catalog import Catalog
+    from data_catalog.export import export_table
+
+    rows = export_table(Catalog(catalog), table, out, version=version)
+    typer.echo(f"wrote {rows} rows of {table} to {out}")
+
+
+def _mount_subcommands() -> None:
+    from flows.cli_dataset import dataset_app
+    from flows.cli_model import model_app
+
+    app.add_typer(model_app, name="model")
+    app.add_typer(dataset_app, name="dataset")
+
+
+try:
+    _mount_subcommands()
+except ImportError:  # pragma: no cover - during development before the sub-apps exist
+    pass

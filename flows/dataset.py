@@ -1,0 +1,44 @@
+"""The dataset-version stage: accepted images -> webdataset shards + a row in ``datasets``."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from curation.dataset_version import create_dataset_version
+from data_catalog.catalog import Catalog
+from flows.artifacts import artifact_key, publish_markdown
+from flows.config import DatasetStageConfig
+
+
+@task(name="dataset-version", retries=1, retry_delay_seconds=5)
+def dataset_version(catalog: str, stage: DatasetStageConfig) -> str:
+    """Write a new immutable dataset version and return its reference ``NAME:vN``."""
+    logger = get_run_logger()
+    progress = create_progress_artifact(0.0, key=artifact_key(f"dataset-{stage.name}-progress"), description="shards")
+
+    def on_progress(done: int, total: int) -> None:
+        if total:
+            update_progress_artifact(progress, 100.0 * done / total)
+
+    record = create_dataset_version(
+        Catalog(catalog),
+        stage.name,
+        max_samples=stage.max_samples,
+        seed=stage.seed,
+        shard_max_bytes=stage.shard_max_bytes,
+        reencode_max_side=stage.reencode_max_side,
+        config=stage.model_dump(mode="json"),
+        progress=on_progress,
+    )
+    update_progress_artifact(progress, 100.0)
+    ref = f"{record.name}:v{record.version}"
+    logger.info("dataset %s: %d samples in %d shards at %s", ref, record.num_samples, record.num_shards, record.shards_uri)
+    publish_markdown(
+        f"dataset-{record.name}",
+        f"# Dataset {ref}\n\n| field | value |\n|---|---|\n| samples | {record.num_samples} |\n"
+        f"| shards | {record.num_shards} |\n| bytes | {record.total_bytes} |\n| shards | `{record.shards_uri}` |\n"
+        f"| index | `{record.index_uri}` |\n| images table version | {record.images_table_version} |\n",
+        f"dataset version {ref}",
+    )
+    return ref

@@ -1,0 +1,23 @@
+"""``curate-and-pretrain``: the whole DAG, as a story of a few lines (logic lives in the libraries)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.config import PipelineConfig
+from flows.curate import curate
+from flows.dataset import dataset_version
+from flows.pretrain import pretrain
+
+
+@flow(name="curate-and-pretrain", log_prints=True)
+def curate_and_pretrain(config: PipelineConfig) -> dict[str, Any]:
+    """Ingest -> filter -> hash dedup -> dataset version -> pretrain (stages toggled in the config)."""
+    result: dict[str, Any] = curate(config)
+    if config.dataset.enabled:
+        result["dataset"] = dataset_version(config.catalog, config.dataset)
+        if config.pretrain.enabled:
+            result.update(pretrain(config.catalog, result["dataset"], config.pretrain))
+    return result

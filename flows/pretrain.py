@@ -1,0 +1,77 @@
+"""The ``pretrain`` sub-flow: torchrun as a child process group, its progress shown in Prefect."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from evaluation.plots import plot_loss_curves, read_metrics
+from flows.artifacts import artifact_key, image_markdown, publish_markdown
+from flows.config import PretrainStageConfig
+from pretrain import launch
+
+
+def run_dir_for(catalog: str, dataset: str, stage: PretrainStageConfig) -> Path:
+    """Deterministic per (dataset version, preset): a retried task resumes from its checkpoints."""
+    root = Path(stage.output_root) if stage.output_root else Path(catalog) / "runs"
+    preset = Path(stage.preset).stem
+    return root / f"{dataset.replace(':', '-')}-{preset}"
+
+
+def train_args(catalog: str, dataset: str, stage: PretrainStageConfig, run_dir: Path) -> list[str]:
+    args = ["--config", stage.preset, "--catalog", catalog, "--dataset", dataset, "--output-dir", str(run_dir)]
+    if stage.max_steps is not None:
+        args += ["--max-steps", str(stage.max_steps)]
+    for item in stage.overrides:
+        args += ["--set", item]
+    return args
+
+
+def _kill_children(*_: Any) -> None:
+    launch.terminate_all()
+
+
+@task(name="torchrun", retries=1, retry_delay_seconds=5)
+def torchrun_task(cmd: list[str], run_key: str) -> int:
+    """Run torchrun; log lines go to the Prefect log, metrics lines to progress. Retries resume."""
+    logger = get_run_logger()
+    progress = create_progress_artifact(0.0, key=artifact_key(f"{run_key}-progress"), description="pretraining")
+    last_update = [0.0]
+
+    def on_metrics(record: dict[str, float]) -> None:
+        total = record.get("total_steps")
+        now = time.monotonic()
+        if total and now - last_update[0] > 2.0:
+            update_progress_artifact(progress, min(100.0, 100.0 * float(record["step"]) / float(total)))
+            last_update[0] = now
+
+    def on_start(run: launch.LaunchedRun) -> None:
+        launch.register(run)
+        logger.info("started %s (pid %s, own process group)", " ".join(cmd), run.process.pid)
+
+    code, tail = launch.run_streaming(cmd, on_line=logger.info, on_metrics=on_metrics, on_start=on_start)
+    if code != 0:
+        raise RuntimeError(f"pretraining exited with code {code}; last lines:\n" + "\n".join(tail[-40:]))
+    update_progress_artifact(progress, 100.0)
+    return code
+
+
+@flow(name="pretrain", on_cancellation=[_kill_children], on_crashed=[_kill_children])
+def pretrain(catalog: str, dataset: str, stage: PretrainStageConfig) -> dict[str, Any]:
+    """Train DINOv2 on a dataset version (``NAME:vN``); resume if the run directory holds checkpoints."""
+    run_dir = run_dir_for(catalog, dataset, stage)
+    nproc = stage.nproc_per_node or launch.default_nproc()
+    cmd = launch.torchrun_command(train_args(catalog, dataset, stage, run_dir), nproc)
+    torchrun_task(cmd, run_key=run_dir.name)
+    png = plot_loss_curves(run_dir / "metrics.jsonl", run_dir / "loss_curves.png", title=f"{run_dir.name}")
+    records = read_metrics(run_dir / "metrics.jsonl")
+    last = records[-1] if records else {}
+    md = f"# Pretraining {run_dir.name}\n\nsteps: {last.get('step')}, last loss: {last.get('loss')}\n\n"
+    if png is not None:
+        md += image_markdown(png, "loss curves")
+    publish_markdown(f"{run_dir.name}-report", md, "pretraining losses")
+    return {"run_dir": str(run_dir), "steps": last.get("step"), "loss": last.get("loss"), "nproc": nproc}
