@@ -1,0 +1,232 @@
+"""The typed configuration tree of a DINOv2 pretraining run.
+
+Defaults follow the reference ``ssl_default_config.yaml`` of facebookresearch/dinov2 (a ViT-L/16
+short run, see /work/shared/REFERENCE.md); presets in ``pretrain/presets/*.yaml`` hold only the keys
+that differ, each commented. ``load_config("vitl14", ["train.epochs=10"])`` resolves a preset (or a
+YAML file path) plus ``a.b=value`` overrides into a validated :class:`TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    arch: str = (
+        "vit_large"  # a name of pretrain.models (vit_pico, vit_small, vit_base, vit_large, vit_giant2)
+    )
+    patch_size: int = 16
+    registers: int = 0  # register tokens (Darcet et al. 2023); 0 or 4 in released models
+    drop_path: float = 0.3  # stochastic depth rate of the student (the teacher runs in eval mode)
+    drop_path_uniform: bool = True  # same rate in every block (reference) instead of a linear ramp
+    layerscale: float = 1e-5  # LayerScale init; 0 disables LayerScale
+    ffn: Literal["mlp", "swiglu", "swiglufused"] = "mlp"
+
+
+class HeadConfig(_Strict):
+    prototypes: int = 65536  # K, the output dimension (number of prototypes)
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    nlayers: int = 3
+
+
+class HeadsConfig(_Strict):
+    dino: HeadConfig = Field(default_factory=HeadConfig)
+    ibot_separate_head: bool = False  # False: iBOT patch tokens go through the DINO head
+    ibot: HeadConfig = Field(default_factory=HeadConfig)  # used only when ibot_separate_head
+
+
+class LossConfig(_Strict):
+    dino_weight: float = 1.0
+    ibot_weight: float = 1.0
+    koleo_weight: float = 0.1
+    centering: Literal["softmax", "sinkhorn_knopp"] = "softmax"
+    center_momentum: float = 0.9  # EMA of the softmax center
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07  # after warmup
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 30
+
+
+class CropsConfig(_Strict):
+    global_size: int = 224
+    local_size: int = 96
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    local_number: int = 8
+    # Probabilities as the paper states them (the reference code applies the blur ones inverted).
+    global1_blur: float = 1.0
+    global2_blur: float = 0.1
+    global2_solarize: float = 0.2
+    local_blur: float = 0.5
+
+
+class MaskingConfig(_Strict):
+    ratio_min: float = 0.1
+    ratio_max: float = 0.5
+    probability: float = 0.5  # fraction of the student's global crops that get masked
+
+
+class OptimConfig(_Strict):
+    base_lr: float = 0.004  # per 1024 images
+    lr_scaling: Literal["sqrt", "linear"] = "sqrt"  # lr = base_lr * f(global batch / 1024)
+    warmup_epochs: float = 10
+    min_lr: float = 1e-6
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.992
+    momentum_teacher_end: float = 1.0
+    clip_grad: float = 3.0  # 0 disables clipping
+    layerwise_decay: float = 0.9
+    patch_embed_lr_mult: float = 0.2
+    freeze_last_layer_epochs: float = 1
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+    def lr(self, global_batch: int) -> float:
+        """The peak learning rate for a global batch size (sqrt scaling, Oquab et al. 2023)."""
+        ratio = global_batch / 1024.0
+        return self.base_lr * (math.sqrt(ratio) if self.lr_scaling == "sqrt" else ratio)
+
+
+class TrainLoopConfig(_Strict):
+    batch_size_per_device: int = 64
+    epochs: int = 100
+    iterations_per_epoch: int = 1250  # OFFICIAL_EPOCH_LENGTH: an "epoch" is a fixed step count
+    seed: int = 0
+    num_workers: int = 10  # data loader processes per rank; part of the data order (keep it on resume)
+    shuffle_buffer: int = 1000  # samples held by each stream's shuffle buffer (raw bytes)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    checkpoint_every: int = 1250  # steps; a checkpoint is also written at the end of each phase
+    keep_last: int = 3
+    log_every: int = 10
+    fsdp: bool = False  # FSDP2 (fully_shard) instead of replicated DDP
+    compile: bool = False  # torch.compile the backbones
+
+
+class HighResConfig(_Strict):
+    enabled: bool = False
+    size: int = 518  # global crop size of the adaptation phase (paper: 518 = 37 x 14)
+    local_size: int | None = None  # None: keep crops.local_size
+    steps: int = 10000  # paper: 10k iterations, all schedules compressed into them
+    lr_scale: float = 0.1  # base lr multiplier; the paper says "reduced" without a value (our choice)
+    batch_size_per_device: int | None = None  # None: keep train.batch_size_per_device
+
+
+class DebugConfig(_Strict):
+    nan_at_step: int | None = None  # testing hook: the loss of this global step becomes NaN
+
+
+class TrainConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    heads: HeadsConfig = Field(default_factory=HeadsConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    crops: CropsConfig = Field(default_factory=CropsConfig)
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
+    highres: HighResConfig = Field(default_factory=HighResConfig)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        sizes = [self.crops.global_size, self.crops.local_size]
+        if self.highres.enabled:
+            sizes += [self.highres.size, self.highres.local_size or self.crops.local_size]
+        for size in sizes:
+            if size % self.model.patch_size:
+                raise ValueError(f"crop size {size} is not a multiple of patch size {self.model.patch_size}")
+        return self
+
+
+def valid_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:
+    """All dotted leaf keys of the config tree (``optim.base_lr``, ...)."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += valid_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    if key not in valid_keys():
+        raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and f"{prefix}{k}" not in valid_keys():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _read_source(preset_or_file: str | Path | None) -> dict[str, Any]:
+    if preset_or_file is None:
+        return {}
+    path = Path(preset_or_file)
+    if not path.suffix and not path.exists():
+        if str(preset_or_file) not in preset_names():
+            raise ValueError(f"unknown preset {preset_or_file!r}; valid presets: {', '.join(preset_names())}")
+        path = PRESETS_DIR / f"{preset_or_file}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found (presets: {', '.join(preset_names())})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def load_config(preset_or_file: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then a preset name or YAML file, then ``a.b=value`` overrides (YAML-parsed values).
+
+    Raises ``KeyError`` naming the valid keys for an unknown key, pydantic's ``ValidationError`` for a
+    bad value.
+    """
+    tree: dict[str, Any] = {}
+    for key, value in _flatten(_read_source(preset_or_file)).items():
+        _set_dotted(tree, key, value)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return TrainConfig.model_validate(tree)
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    """The fully resolved config (every key), as saved beside a run's outputs."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write ``config.yaml`` atomically (temp name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(config_to_yaml(config))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,206 @@
+"""Training batches from a dataset version's webdataset shards, in an order that is a function of the step.
+
+Exactness by construction (no reader state to save): the batch of global step ``s`` on rank ``r``
+depends only on ``(seed, phase, s, r)`` and the run's constants (batch size, steps per epoch,
+number of data-loader workers ``W``, shard list):
+
+- Steps are dealt to ``W`` streams: step ``s`` belongs to slot ``s % W``. In epoch ``e = s // I``
+  (``I`` steps per epoch) slot ``k`` of rank ``r`` reads one *stream*: shards drawn with replacement
+  (webdataset's "resampled" mode for multi-node training) by ``Random(seed, phase, e, r, k)``, from
+  this stream's own part of the shard list when there are at least as many shards as streams
+  (split by rank and worker) or from all shards otherwise, expanded into samples by webdataset's
+  tar reader and shuffled by a seeded buffer. The n-th step of the slot in the epoch takes the
+  stream's samples ``[n B, (n + 1) B)``.
+- A data-loader worker serves one slot, so a run resumed at step ``s0`` restarts each stream at its
+  epoch's beginning and skips the raw (undecoded) samples that the slot's earlier steps of that
+  epoch used: at most one epoch of reading, no decoding.
+- Each sample's augmentation is seeded with ``(seed, phase, s, r, i)`` and the step's masks with
+  ``(seed, phase, s, r)``, so the crops are reproducible too.
+
+An epoch has a fixed number of samples (``I x B x world size``), independent of the dataset size.
+Changing ``W`` or the world size on resume changes the order from then on (still deterministic).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif")
+PHASE_IDS = {"main": 0, "highres": 1}
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (numpy SeedSequence: well mixed, platform independent)."""
+    words = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(2)
+    return int((int(words[0]) << 31) ^ int(words[1])) & 0x7FFFFFFFFFFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), numpy's and python's global generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+@dataclass(frozen=True)
+class Shard:
+    url: str
+    num_samples: int
+
+
+def read_index(index_uri: str, shards_base: str | None = None) -> list[Shard]:
+    """The shards of a dataset version from its index JSON (``{"shards": [{"url", "num_samples"}]}``).
+
+    Relative shard URLs are resolved against ``shards_base`` (default: the index's folder).
+    """
+    import fsspec
+
+    with fsspec.open(index_uri, "rt") as f:
+        index = json.load(f)
+    base = shards_base or posixpath.dirname(index_uri)
+    shards = []
+    for entry in index.get("shards", []):
+        url = entry["url"]
+        if "://" not in url and not url.startswith("/"):
+            url = posixpath.join(base, url)
+        shards.append(Shard(url, int(entry.get("num_samples", 0))))
+    if not shards:
+        raise ValueError(f"dataset index {index_uri} lists no shards")
+    return shards
+
+
+def _open_shards(urls: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """``{"url", "stream"}`` per shard for webdataset's tar expander; each stream closed after use."""
+    import fsspec
+
+    for url in urls:
+        with fsspec.open(url, "rb") as stream:
+            yield {"url": url, "stream": stream}
+
+
+def raw_sample_stream(
+    shards: list[Shard], seed: int, stream_id: int, n_streams: int, bufsize: int
+) -> Iterator[dict]:
+    """An infinite, shuffled stream of undecoded samples (``{"__key__", "jpg", "json", ...}``)."""
+    from webdataset.filters import _shuffle
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    pool = [s.url for s in shards]
+    if len(pool) >= n_streams:
+        pool = pool[stream_id::n_streams]
+    shard_rng = random.Random(derive_seed(seed, 1))
+
+    def urls() -> Iterator[str]:
+        while True:
+            yield shard_rng.choice(pool)
+
+    samples = group_by_keys(tar_file_expander(_open_shards(urls())))
+    return _shuffle(samples, bufsize=bufsize, initial=bufsize, rng=random.Random(derive_seed(seed, 2)))
+
+
+def decode_image(sample: dict[str, Any]) -> Image.Image:
+    """The RGB image of a raw sample; a clear error naming the sample when there is none."""
+    for key in IMAGE_KEYS:
+        if key in sample:
+            with Image.open(io.BytesIO(sample[key])) as img:
+                return img.convert("RGB")
+    raise ValueError(
+        f"sample {sample.get('__key__')!r} of {sample.get('__url__')!r} holds no image "
+        f"(keys {sorted(k for k in sample if not k.startswith('__'))}; expected one of {IMAGE_KEYS})"
+    )
+
+
+class StepBatches(IterableDataset):
+    """Yields ``collate(samples, step)`` for global steps ``start_step .. end_step - 1`` of one rank.
+
+    ``transform(image)`` makes one sample's crops (seeded per sample before the call);
+    ``collate(list_of_transformed, step)`` makes the batch (seeded per step). Each batch also
+    carries ``"step"`` and ``"keys"`` (the sample keys, for checks and tests).
+    """
+
+    def __init__(
+        self,
+        shards: list[Shard],
+        *,
+        seed: int,
+        phase: str,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        batch_size: int,
+        iterations_per_epoch: int,
+        start_step: int,
+        end_step: int,
+        transform: Callable[[Image.Image], Any],
+        collate: Callable[[list[Any]], dict[str, Any]],
+        shuffle_buffer: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.shards, self.seed, self.phase = shards, seed, PHASE_IDS[phase]
+        self.rank, self.world_size, self.n_slots = rank, world_size, max(num_workers, 1)
+        self.batch_size, self.iters = batch_size, iterations_per_epoch
+        self.start_step, self.end_step = start_step, end_step
+        self.transform, self.collate, self.shuffle_buffer = transform, collate, shuffle_buffer
+
+    def _stream(self, epoch: int, slot: int) -> Iterator[dict]:
+        seed = derive_seed(self.seed, self.phase, epoch, self.rank, slot)
+        stream_id = self.rank * self.n_slots + slot
+        return raw_sample_stream(
+            self.shards, seed, stream_id, self.world_size * self.n_slots, self.shuffle_buffer
+        )
+
+    def _index_in_epoch(self, step: int, slot: int) -> int:
+        """How many earlier steps of ``slot`` the epoch of ``step`` holds."""
+        epoch_start = (step // self.iters) * self.iters
+        first = epoch_start + (slot - epoch_start) % self.n_slots
+        return (step - first) // self.n_slots
+
+    def _batch(self, step: int, raw: list[dict]) -> dict[str, Any]:
+        out = []
+        for i, sample in enumerate(raw):
+            seed_everything(derive_seed(self.seed, self.phase, step, self.rank, i, 7))
+            out.append(self.transform(decode_image(sample)))
+        seed_everything(derive_seed(self.seed, self.phase, step, self.rank, 11))
+        batch = self.collate(out)
+        batch["step"] = step
+        batch["keys"] = [s["__key__"] for s in raw]
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if n_workers not in (1, self.n_slots) or (info is None and self.n_slots != 1):
+            raise ValueError(f"StepBatches built for {self.n_slots} workers, runs with {n_workers}")
+        stream, stream_epoch = None, -1
+        for step in range(self.start_step + worker, self.end_step, n_workers):
+            epoch, slot = step // self.iters, step % self.n_slots
+            if epoch != stream_epoch:
+                stream, stream_epoch = self._stream(epoch, slot), epoch
+                for _ in range(self._index_in_epoch(step, slot) * self.batch_size):
+                    next(stream)  # resume: skip what earlier steps of this epoch used, undecoded
+            assert stream is not None
+            yield self._batch(step, [next(stream) for _ in range(self.batch_size)])
+
+
+def make_loader(dataset: StepBatches, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader yielding the dataset's batches in step order (workers are dealt steps in turn)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers > 0 else None,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),  # keeps the global RNG untouched
+    )

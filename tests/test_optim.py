@@ -1,0 +1,100 @@
+"""AdamW parameter groups: layer-wise decay, patch-embed multiplier, no-decay set, last-layer freezing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pretrain.optim import (
+    apply_schedule,
+    build_optimizer,
+    layer_id,
+    lr_multiplier,
+    no_weight_decay,
+    param_groups,
+)
+
+
+class TinyViT(nn.Module):
+    def __init__(self, n_blocks: int = 3, dim: int = 8) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, dim))
+        self.register_tokens = nn.Parameter(torch.zeros(1, 2, dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, dim))
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, dim, 2, 2)
+        self.blocks = nn.ModuleList()
+        for _ in range(n_blocks):
+            blk = nn.Module()
+            blk.norm1 = nn.LayerNorm(dim)
+            blk.mlp = nn.Linear(dim, dim)
+            blk.ls1 = nn.Module()
+            blk.ls1.gamma = nn.Parameter(torch.ones(dim))
+            self.blocks.append(blk)
+        self.norm = nn.LayerNorm(dim)
+
+
+class Student(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = TinyViT()
+        self.dino_head = nn.Module()
+        self.dino_head.mlp = nn.Linear(8, 8)
+        self.dino_head.last_layer = nn.Linear(8, 16, bias=False)
+
+
+def test_layer_ids_and_multipliers() -> None:
+    n = 3
+    assert layer_id("backbone.cls_token", n) == 0
+    assert layer_id("backbone.patch_embed.proj.weight", n) == 0
+    assert layer_id("backbone.blocks.0.mlp.weight", n) == 1
+    assert layer_id("backbone.blocks.2.mlp.weight", n) == 3
+    assert layer_id("backbone.blocks.1.2.mlp.weight", n) == 3  # chunked blocks
+    assert layer_id("backbone.norm.weight", n) == 4
+    assert layer_id("dino_head.mlp.weight", n) == 4
+    # block i gets rate ** (n + 1 - (i + 1)); heads 1; patch embed additionally x 0.2
+    assert lr_multiplier("backbone.blocks.0.mlp.weight", n, 0.9, 0.2) == pytest.approx(0.9**3)
+    assert lr_multiplier("backbone.blocks.2.mlp.weight", n, 0.9, 0.2) == pytest.approx(0.9)
+    assert lr_multiplier("dino_head.mlp.weight", n, 0.9, 0.2) == 1.0
+    assert lr_multiplier("backbone.patch_embed.proj.weight", n, 0.9, 0.2) == pytest.approx(0.2 * 0.9**4)
+    assert lr_multiplier("backbone.pos_embed", n, 0.9, 0.2) == pytest.approx(0.9**4)
+
+
+def test_no_weight_decay_set() -> None:
+    student = Student()
+    decayed = {n for n, p in student.named_parameters() if not no_weight_decay(n, p)}
+    assert decayed == {
+        "backbone.patch_embed.proj.weight",
+        *{f"backbone.blocks.{i}.mlp.weight" for i in range(3)},
+        "dino_head.mlp.weight",
+        "dino_head.last_layer.weight",
+    }
+
+
+def test_groups_cover_every_parameter_once_and_schedule_applies() -> None:
+    student = Student()
+    student.backbone.mask_token.requires_grad_(False)
+    groups = param_groups(student.named_parameters(), 3, 0.9, 0.2)
+    names = [n for g in groups for n in g["names"]]
+    expected = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert sorted(names) == sorted(expected) and len(names) == len(set(names))
+    opt = build_optimizer(groups, betas=(0.9, 0.999))
+    assert not opt.defaults.get("fused")  # CPU parameters
+    apply_schedule(opt, lr=1.0, wd=0.1, last_layer_frozen=True)
+    by_name = {n: g for g in opt.param_groups for n in g["names"]}
+    assert by_name["dino_head.last_layer.weight"]["lr"] == 0.0
+    assert (
+        by_name["dino_head.mlp.weight"]["lr"] == 1.0
+        and by_name["dino_head.mlp.weight"]["weight_decay"] == 0.1
+    )
+    assert by_name["backbone.norm.weight"]["weight_decay"] == 0.0
+    assert by_name["backbone.blocks.0.mlp.weight"]["lr"] == pytest.approx(0.9**3)
+    apply_schedule(opt, lr=1.0, wd=0.1, last_layer_frozen=False)
+    assert by_name["dino_head.last_layer.weight"]["lr"] == 1.0
+    # one real step runs and moves a decayed weight
+    before = student.dino_head.mlp.weight.detach().clone()
+    sum(p.sum() for p in student.parameters()).backward()
+    opt.step()
+    assert not torch.equal(before, student.dino_head.mlp.weight)
