@@ -152,12 +152,12 @@ def latest_valid(ckpt_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
 
 def adapt_pos_embed(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Resize every ``*pos_embed`` whose grid differs from ``model``'s (bicubic, class token kept)."""
-    from pretrain.models.io import resize_pos_embed
-
     target = model.state_dict()
     out = dict(state)
     for key, value in state.items():
         if key.endswith("pos_embed") and key in target and value.shape != target[key].shape:
+            from pretrain.models.io import resize_pos_embed
+
             n_new = target[key].shape[1] - 1
             side = int(round(n_new**0.5))
             out[key] = resize_pos_embed(value, (side, side))
@@ -186,18 +186,31 @@ def load(
 
 
 def _load_dcp(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Load a DCP checkpoint into the current sharding (any process count).
+
+    Parameters that had no optimizer state when saved (the head's last layer while frozen: its
+    gradient is None) get none after loading either, as in the uninterrupted run; the state that
+    ``get_state_dict`` materialises for them is dropped.
+    """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
 
     if optimizer is None:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-
         model_sd = get_model_state_dict(model)
         dcp.load({"model": model_sd}, checkpoint_id=str(path))
         set_model_state_dict(model, model_sd)
-    else:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        box = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(box, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=box["model"], optim_state_dict=box["optimizer"])
+        return read_extras(path)
+    saved = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    box = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(box, checkpoint_id=str(path), planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    set_state_dict(model, optimizer, model_state_dict=box["model"], optim_state_dict=box["optimizer"])
+    for name, param in model.named_parameters():
+        if not any(k.startswith(f"optimizer.state.{name}.") for k in saved):
+            optimizer.state.pop(param, None)
     return read_extras(path)

@@ -127,7 +127,7 @@ class HighResConfig(_Strict):
 
 
 class DebugConfig(_Strict):
-    nan_at_step: int | None = None  # testing hook: the loss of this global step becomes NaN
+    nan_at_step: int | None = None  # testing hook: the loss of step N (counted from 1) becomes NaN
 
 
 class TrainConfig(_Strict):

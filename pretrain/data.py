@@ -204,3 +204,114 @@ def make_loader(dataset: StepBatches, num_workers: int, pin_memory: bool = False
         persistent_workers=False,
         generator=torch.Generator().manual_seed(0),  # keeps the global RNG untouched
     )
+
+
+def parse_dataset_ref(ref: str) -> tuple[str, int | None]:
+    """``"name"`` -> (name, None); ``"name:3"`` or ``"name:v3"`` -> (name, 3)."""
+    name, _, version = ref.partition(":")
+    if not version:
+        return name, None
+    digits = version[1:] if version[:1] in ("v", "V") else version
+    if not digits.isdigit():
+        raise ValueError(f"dataset version {version!r} of {ref!r} is not a number (NAME:3 or NAME:v3)")
+    return name, int(digits)
+
+
+def open_dataset(catalog: str | None, dataset: str) -> tuple[list[Shard], dict[str, Any]]:
+    """The shards of ``dataset`` (``NAME[:VERSION]`` in ``catalog``, or an index JSON path) and its identity."""
+    if dataset.endswith(".json"):
+        index = json.loads(_read_text(dataset))
+        meta = {"name": index.get("name", dataset), "version": index.get("version"), "index_uri": dataset}
+        return read_index(dataset), meta
+    if catalog is None:
+        raise ValueError(
+            f"--dataset {dataset!r} names a catalog dataset: pass --catalog (or an index .json path)"
+        )
+    from data_catalog.datasets import get_dataset
+
+    from data_catalog.catalog import Catalog
+
+    name, version = parse_dataset_ref(dataset)
+    record = get_dataset(Catalog(catalog), name, version)
+    rec = record if isinstance(record, dict) else vars(record)
+    meta = {"name": name, "version": rec.get("version", version), "index_uri": rec["index_uri"]}
+    return read_index(rec["index_uri"], rec.get("shards_uri")), meta
+
+
+def _read_text(uri: str) -> str:
+    import fsspec
+
+    with fsspec.open(uri, "rt") as f:
+        return f.read()
+
+
+def phase_crops(config: Any, phase: str) -> tuple[int, int, int]:
+    """(global size, local size, batch size per device) of a phase."""
+    hr = config.highres
+    if phase == "highres":
+        return (
+            hr.size,
+            hr.local_size or config.crops.local_size,
+            hr.batch_size_per_device or config.train.batch_size_per_device,
+        )
+    return config.crops.global_size, config.crops.local_size, config.train.batch_size_per_device
+
+
+def build_transform_and_collate(config: Any, phase: str) -> tuple[Callable, Callable]:
+    """The multi-crop augmentation and the masking collate of ``config`` for ``phase``."""
+    from functools import partial
+
+    from pretrain.augment import MultiCropAugmentation
+    from pretrain.collate import collate_data_and_cast
+    from pretrain.masking import MaskingGenerator
+
+    c = config.crops
+    global_size, local_size, _ = phase_crops(config, phase)
+    transform = MultiCropAugmentation(
+        global_crops_scale=tuple(c.global_scale),
+        local_crops_scale=tuple(c.local_scale),
+        local_crops_number=c.local_number,
+        global_crops_size=global_size,
+        local_crops_size=local_size,
+    )
+    grid = global_size // config.model.patch_size
+    collate = partial(
+        collate_data_and_cast,
+        mask_ratio_tuple=(config.masking.ratio_min, config.masking.ratio_max),
+        mask_probability=config.masking.probability,
+        n_tokens=grid * grid,
+        mask_generator=MaskingGenerator(input_size=(grid, grid), max_num_patches=int(0.5 * grid * grid)),
+        dtype=torch.float32,
+    )
+    return transform, collate
+
+
+def build_loader(
+    config: Any,
+    phase: str,
+    shards: list[Shard],
+    rank: int,
+    world_size: int,
+    start_step: int,
+    end_step: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The step-ordered loader of one rank for global steps ``start_step .. end_step - 1``."""
+    transform, collate = build_transform_and_collate(config, phase)
+    t = config.train
+    dataset = StepBatches(
+        shards,
+        seed=t.seed,
+        phase=phase,
+        rank=rank,
+        world_size=world_size,
+        num_workers=t.num_workers,
+        batch_size=phase_crops(config, phase)[2],
+        iterations_per_epoch=t.iterations_per_epoch,
+        start_step=start_step,
+        end_step=end_step,
+        transform=transform,
+        collate=collate,
+        shuffle_buffer=t.shuffle_buffer,
+    )
+    return make_loader(dataset, t.num_workers, pin_memory)

@@ -123,7 +123,7 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(module, device_ids=ids)
 
 
 def shard_fsdp(module: nn.Module, blocks: list[nn.Module], mp_dtype: torch.dtype | None) -> nn.Module:

@@ -1,0 +1,195 @@
+"""The DINOv2 student/teacher meta-architecture and its losses (Oquab et al. 2023, section 3).
+
+- The student is a ViT backbone plus a DINO head (plus an iBOT head when ``ibot_separate_head``);
+  it sees every crop, with iBOT masking on its global crops.
+- The teacher is an exponential moving average of the student (no gradients, eval mode) and sees
+  only the global crops, unmasked.
+- Losses: DINO cross-entropy between each student crop and each *other* teacher global crop
+  (2 + 2 x n_local terms, averaged), iBOT on the masked patches of the student's global crops, and
+  KoLeo on the student backbone's class tokens of the first global crop (per device, in fp32).
+
+:meth:`SSLModel.losses` reads top to bottom: teacher forward, student forward, losses. Backward,
+clipping, the optimizer and the EMA update live in the loop (``pretrain/train.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pretrain.config import LossConfig, TrainConfig
+
+
+class Student(nn.Module):
+    """Backbone + heads. The same class serves as the teacher (EMA copy)."""
+
+    def __init__(self, backbone: nn.Module, dino_head: nn.Module, ibot_head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dino_head = dino_head
+        self.ibot_head = ibot_head
+
+    def _heads(self, cls_tokens: Tensor, masked_patches: Tensor) -> tuple[Tensor, Tensor]:
+        """DINO logits of the class tokens and iBOT logits of the masked patch tokens."""
+        if self.ibot_head is not None:
+            return self.dino_head(cls_tokens), self.ibot_head(masked_patches)
+        # shared head: one call over both, as the reference does
+        out = self.dino_head(torch.cat([cls_tokens, masked_patches]))
+        return out[: cls_tokens.shape[0]], out[cls_tokens.shape[0] :]
+
+    def forward(
+        self, global_crops: Tensor, local_crops: Tensor | None, masks: Tensor, mask_indices: Tensor
+    ) -> dict:
+        """Student pass.
+
+        ``global_crops`` [G*B, 3, H, W], ``local_crops`` [L*B, 3, h, w] or None, ``masks`` [G*B, N]
+        bool, ``mask_indices`` [M] into the flattened [G*B*N] patch tokens. Returns ``cls_global``
+        [G*B, D] (backbone class tokens), ``dino_global`` [G*B, K], ``dino_local`` [L*B, K] or None,
+        ``ibot`` [M, K'].
+        """
+        if local_crops is not None and local_crops.shape[0] > 0:
+            g, loc = self.backbone.forward_features_list([global_crops, local_crops], [masks, None])
+            cls_local = loc["x_norm_clstoken"]
+        else:
+            g, cls_local = self.backbone.forward_features(global_crops, masks), None
+        cls_global = g["x_norm_clstoken"]
+        patches = g["x_norm_patchtokens"].flatten(0, 1).index_select(0, mask_indices)
+        cls_all = cls_global if cls_local is None else torch.cat([cls_global, cls_local])
+        dino, ibot = self._heads(cls_all, patches)
+        n_g = cls_global.shape[0]
+        return {
+            "cls_global": cls_global,
+            "dino_global": dino[:n_g],
+            "dino_local": None if cls_local is None else dino[n_g:],
+            "ibot": ibot,
+        }
+
+
+def swap_global_halves(x: Tensor, n_global: int = 2) -> Tensor:
+    """[G*B, ...] ordered crop 0, crop 1 -> crop 1, crop 0: each student crop meets the other view."""
+    chunks = x.chunk(n_global)
+    return torch.cat(chunks[::-1])
+
+
+class SSLModel(nn.Module):
+    """Student, teacher and the three losses (whose centers are part of the state dict)."""
+
+    def __init__(
+        self,
+        student: Student,
+        dino_loss: nn.Module,
+        ibot_loss: nn.Module,
+        koleo_loss: nn.Module,
+        loss_cfg: LossConfig,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = copy.deepcopy(student).eval().requires_grad_(False)
+        self.dino_loss, self.ibot_loss, self.koleo_loss = dino_loss, ibot_loss, koleo_loss
+        self.cfg = loss_cfg
+
+    def train(self, mode: bool = True) -> SSLModel:
+        super().train(mode)
+        self.teacher.eval()  # the teacher never drops paths
+        return self
+
+    @torch.no_grad()
+    def teacher_targets(self, batch: dict[str, Any], teacher_temp: float) -> tuple[Tensor, Tensor]:
+        """Teacher probabilities: DINO [G*B, K] (views swapped), iBOT [M, K'] (fp32, centered)."""
+        out = self.teacher(batch["collated_global_crops"], None, None, batch["mask_indices_list"])
+        if hasattr(self.teacher, "reshard"):  # FSDP2 keeps a root unsharded after forward; no backward here
+            self.teacher.reshard()
+        dino_logits, ibot_logits = out["dino_global"].float(), out["ibot"].float()
+        centering = self.cfg.centering
+        dino_probs = self.dino_loss.teacher_probs(dino_logits, teacher_temp, centering)
+        ibot_probs = self.ibot_loss.teacher_probs(ibot_logits, teacher_temp, centering)
+        if centering == "softmax":
+            self.dino_loss.update_center(dino_logits)
+            self.ibot_loss.update_center(ibot_logits)
+        return swap_global_halves(dino_probs), ibot_probs
+
+    def losses(
+        self, batch: dict[str, Any], teacher_temp: float, student: Callable[..., dict] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted total loss and its parts for one batch (``student``: e.g. the DDP wrapper)."""
+        student = student or self.student
+        n_global = 2
+        teacher_dino, teacher_ibot = self.teacher_targets(batch, teacher_temp)
+
+        out = student(
+            batch["collated_global_crops"],
+            batch.get("collated_local_crops"),
+            batch["collated_masks"],
+            batch["mask_indices_list"],
+        )
+
+        # DINO: each global crop against the other teacher view (1 call = mean of 2 terms, x2 -> sum),
+        # each local crop against both teacher views; averaged over all 2 + 2 x n_local terms.
+        teacher_views = list(teacher_dino.chunk(n_global))
+        global_term = self.dino_loss([out["dino_global"].float()], [teacher_dino]) * n_global
+        n_terms = n_global * (n_global - 1)
+        dino = global_term
+        if out["dino_local"] is not None:
+            locals_ = list(
+                out["dino_local"].float().chunk(out["dino_local"].shape[0] // teacher_views[0].shape[0])
+            )
+            dino = dino + self.dino_loss(locals_, teacher_views)
+            n_terms += n_global * len(locals_)
+        dino = dino / n_terms
+
+        ibot = self.ibot_loss.forward_masked(
+            out["ibot"].float(),
+            teacher_ibot,
+            batch["masks_weight"],
+            batch["n_masked_patches"],
+            batch["collated_global_crops"].shape[0],
+        )
+        first_crop_cls = out["cls_global"].chunk(n_global)[0].float()
+        koleo = self.koleo_loss(first_crop_cls)
+
+        c = self.cfg
+        total = c.dino_weight * dino + c.ibot_weight * ibot + c.koleo_weight * koleo
+        return total, {"dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA: teacher = momentum * teacher + (1 - momentum) * student (parameter by parameter)."""
+        for t, s in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
+            t.lerp_(s.detach(), 1.0 - momentum)
+
+
+def build_ssl_model(config: TrainConfig, global_size: int) -> SSLModel:
+    """The student/teacher/losses of ``config`` with position embeddings for ``global_size`` crops."""
+    from pretrain.heads import DINOHead
+    from pretrain.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+    from pretrain.models import build_backbone
+
+    m, h, lc = config.model, config.heads, config.loss
+    backbone = build_backbone(
+        m.arch,
+        img_size=global_size,
+        patch_size=m.patch_size,
+        num_register_tokens=m.registers,
+        drop_path_rate=m.drop_path,
+        drop_path_uniform=m.drop_path_uniform,
+        init_values=m.layerscale or None,
+        ffn_layer=m.ffn,
+    )
+    dim = backbone.embed_dim
+    dino_head = DINOHead(dim, h.dino.prototypes, h.dino.hidden_dim, h.dino.bottleneck_dim, h.dino.nlayers)
+    ibot_head = None
+    ibot_dim = h.dino.prototypes
+    if h.ibot_separate_head:
+        ibot_head = DINOHead(dim, h.ibot.prototypes, h.ibot.hidden_dim, h.ibot.bottleneck_dim, h.ibot.nlayers)
+        ibot_dim = h.ibot.prototypes
+    return SSLModel(
+        Student(backbone, dino_head, ibot_head),
+        DINOLoss(h.dino.prototypes, lc.student_temp, lc.center_momentum),
+        iBOTPatchLoss(ibot_dim, lc.student_temp, lc.center_momentum),
+        KoLeoLoss(),
+        lc,
+    )
