@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -78,6 +79,9 @@ class RunLog:
         row = {"step": step, "phase": phase, **dict(zip(keys, means, strict=True))}
         row |= {k: out[k] for k in ("lr", "wd", "momentum", "teacher_temp")}
         row |= {"images_per_s": rate, "total_steps": self.total_steps, "time": time.time()}
+        row["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        if self.info.device.type == "cuda":
+            row["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.info.device) / 2**20
         self.last_loss = row["loss"]
         if not self.info.is_main:
             return

@@ -1,0 +1,200 @@
+"""Training throughput and peak memory of the DINOv2 engine.
+
+CPU (default): the ``demo`` preset on real Imagenette images through the whole engine
+(``python -m pretrain.train``: shards, augmentation, masking, student/teacher, optimizer), with 1
+process and with 2 gloo processes under torchrun (the baseline is the 1-process run; the ratio is the
+2-process scaling). GPU (``--gpu vits14|vitl14``): one device, the full recipe (2 global 224 + 8
+local 98 crops, 65,536 prototypes, bf16 autocast, fused AdamW) on synthetic batches so the data
+pipeline is not measured; images/s, peak memory and model FLOPs utilisation from a FLOP count of one
+forward + backward (``torch.utils.flop_counter``). Skipped, saying so, without CUDA.
+
+    .venv/bin/python -m benchmarks.bench_train [--steps 30] [--gpu vits14] [--peak-tflops 989]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "train.md"
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return f"nproc {os.cpu_count()}, CPU {cpu}, GPU {gpu}, torch {torch.__version__}, python {platform.python_version()}"
+
+
+def imagenette_index(work: Path, n: int = 400) -> Path:
+    """The first ``n`` Imagenette images as webdataset shards + index (``$DINOFLOW_SHARED_DATA``)."""
+    sys.path.insert(0, str(REPO))
+    from tests.conftest import shared_data_dir
+    from tests.test_resume import write_shards
+
+    archive = shared_data_dir() / "imagenette-train-subset.tar.gz"
+    if not archive.exists():
+        raise SystemExit(f"{archive} not found: set DINOFLOW_SHARED_DATA to the shared/data folder")
+    with tarfile.open(archive) as tar:
+        tar.extractall(work, filter="data")
+    files = sorted((work / "imagenette-train-subset").glob("*/*.JPEG"))[:: max(1, 2000 // n)][:n]
+    return write_shards(files, work / "shards", n_shards=4)
+
+
+def cpu_run(index: Path, out: Path, nproc: int, steps: int, overrides: list[str]) -> dict[str, float]:
+    args = ["--config", "demo", "--dataset", str(index), "--output-dir", str(out), "--max-steps", str(steps)]
+    for item in ["train.log_every=5", f"train.checkpoint_every={steps}", *overrides]:
+        args += ["--set", item]
+    if nproc > 1:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "pretrain.train",
+            *args,
+        ]
+    else:
+        cmd = [sys.executable, "-m", "pretrain.train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    timed = rows[1:] or rows  # the first window holds start-up (workers, first batch)
+    return {
+        "images_per_s": sum(r["images_per_s"] for r in timed) / len(timed),
+        "max_rss_mb": max(r["max_rss_mb"] for r in rows),
+        "loss": rows[-1]["loss"],
+    }
+
+
+def bench_cpu(steps: int) -> list[str]:
+    lines = [
+        "## CPU: demo preset (vit_pico, 64/32 px crops, 2 global + 4 local, 4096 prototypes), real images",
+        "",
+        "| processes | batch/process | images/s (all processes) | peak RSS per process (MB) | vs 1 process |",
+        "|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        index = imagenette_index(work)
+        base = None
+        for nproc in (1, 2):
+            res = cpu_run(index, work / f"run{nproc}", nproc, steps, [])
+            base = base or res["images_per_s"]
+            lines.append(
+                f"| {nproc} | 32 | {res['images_per_s']:.1f} | {res['max_rss_mb']:.0f} | {res['images_per_s'] / base:.2f}x |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
+def synthetic_batch(cfg, device: torch.device) -> dict:  # noqa: ANN001 - TrainConfig
+    """A batch with the shapes of the real collate (random pixels; masks as in iBOT)."""
+    from pretrain.data import build_transform_and_collate
+
+    b, g, loc = cfg.train.batch_size_per_device, cfg.crops.global_size, cfg.crops.local_size
+    _, collate = build_transform_and_collate(cfg, "main")
+    samples = [
+        {
+            "global_crops": [torch.randn(3, g, g) for _ in range(2)],
+            "local_crops": [torch.randn(3, loc, loc) for _ in range(cfg.crops.local_number)],
+        }
+        for _ in range(b)
+    ]
+    batch = collate(samples)
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def bench_gpu(preset: str, steps: int, peak_tflops: float) -> list[str]:
+    if not torch.cuda.is_available():
+        msg = f"## GPU ({preset}): skipped, no CUDA device on this machine"
+        print(msg)
+        return [msg]
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pretrain.config import load_config
+    from pretrain.optim import apply_schedule, build_optimizer, param_groups
+    from pretrain.ssl import build_ssl_model
+
+    device = torch.device("cuda", 0)
+    cfg = load_config(
+        preset, ["heads.dino.prototypes=65536", "heads.ibot.prototypes=65536", "crops.local_number=8"]
+    )
+    model = build_ssl_model(cfg, cfg.crops.global_size).to(device).train()
+    groups = param_groups(model.student.named_parameters(), model.student.backbone.n_blocks, 0.9, 0.2)
+    opt = build_optimizer(groups, (0.9, 0.999))
+    batch = synthetic_batch(cfg, device)
+
+    def step() -> None:
+        apply_schedule(opt, 1e-4, 0.04, False)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = model.losses(batch, 0.07)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.update_teacher(0.994)
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - start) / steps
+    b = cfg.train.batch_size_per_device
+    mfu = flops / dt / (peak_tflops * 1e12)
+    return [
+        f"## GPU: {preset}, 2x224 + 8x98 crops, 65,536 prototypes, bf16 autocast, fused AdamW, synthetic batches",
+        "",
+        "| preset | batch/GPU | s/step | images/s/GPU | peak allocated (GB) | TFLOP/step (fwd+bwd, teacher incl.) | MFU |",
+        "|---|---|---|---|---|---|---|",
+        f"| {preset} | {b} | {dt:.3f} | {b / dt:.0f} | {torch.cuda.max_memory_allocated(device) / 1e9:.1f} | {flops / 1e12:.2f} | {100 * mfu:.1f}% (of {peak_tflops:.0f} TFLOP/s) |",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--gpu", choices=["vits14", "vitl14"], default=None, help="GPU mode (full recipe)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)"
+    )
+    args = p.parse_args(argv)
+    lines = ["# Training throughput", "", f"Machine: {machine()}", ""]
+    lines += bench_gpu(args.gpu, args.steps, args.peak_tflops) if args.gpu else bench_cpu(args.steps)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    out = RESULTS if not args.gpu else RESULTS.with_name(f"train_gpu_{args.gpu}.md")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
