@@ -207,7 +207,7 @@ def _load_dcp(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | N
         return read_extras(path)
     saved = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    box = {"model": model_sd, "optimizer": optim_sd}
+    box: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
     dcp.load(box, checkpoint_id=str(path), planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
     set_state_dict(model, optimizer, model_state_dict=box["model"], optim_state_dict=box["optimizer"])
     for name, param in model.named_parameters():

@@ -134,9 +134,8 @@ def shard_fsdp(module: nn.Module, blocks: list[nn.Module], mp_dtype: torch.dtype
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32) if mp_dtype else None
-    kwargs = {"mp_policy": mp} if mp is not None else {}
+    mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32 if mp_dtype else None)
     for block in blocks:
-        fully_shard(block, **kwargs)
-    fully_shard(module, **kwargs)
+        fully_shard(block, mp_policy=mp)
+    fully_shard(module, mp_policy=mp)
     return module

@@ -42,20 +42,23 @@ class Student(nn.Module):
         return out[: cls_tokens.shape[0]], out[cls_tokens.shape[0] :]
 
     def forward(
-        self, global_crops: Tensor, local_crops: Tensor | None, masks: Tensor, mask_indices: Tensor
+        self, global_crops: Tensor, local_crops: Tensor | None, masks: Tensor | None, mask_indices: Tensor
     ) -> dict:
-        """Student pass.
+        """Student pass, or teacher pass (``local_crops=None, masks=None``: unmasked global crops only).
 
+        One ``forward`` for both roles, so that FSDP's forward hooks gather the parameters.
         ``global_crops`` [G*B, 3, H, W], ``local_crops`` [L*B, 3, h, w] or None, ``masks`` [G*B, N]
-        bool, ``mask_indices`` [M] into the flattened [G*B*N] patch tokens. Returns ``cls_global``
+        bool or None, ``mask_indices`` [M] into the flattened [G*B*N] patch tokens (the teacher
+        reads the same positions, unmasked). Returns ``cls_global``
         [G*B, D] (backbone class tokens), ``dino_global`` [G*B, K], ``dino_local`` [L*B, K] or None,
         ``ibot`` [M, K'].
         """
+        backbone: Any = self.backbone
         if local_crops is not None and local_crops.shape[0] > 0:
-            g, loc = self.backbone.forward_features_list([global_crops, local_crops], [masks, None])
+            g, loc = backbone.forward_features_list([global_crops, local_crops], [masks, None])
             cls_local = loc["x_norm_clstoken"]
         else:
-            g, cls_local = self.backbone.forward_features(global_crops, masks), None
+            g, cls_local = backbone.forward_features(global_crops, masks), None
         cls_global = g["x_norm_clstoken"]
         patches = g["x_norm_patchtokens"].flatten(0, 1).index_select(0, mask_indices)
         cls_all = cls_global if cls_local is None else torch.cat([cls_global, cls_local])
@@ -101,15 +104,18 @@ class SSLModel(nn.Module):
     def teacher_targets(self, batch: dict[str, Any], teacher_temp: float) -> tuple[Tensor, Tensor]:
         """Teacher probabilities: DINO [G*B, K] (views swapped), iBOT [M, K'] (fp32, centered)."""
         out = self.teacher(batch["collated_global_crops"], None, None, batch["mask_indices_list"])
-        if hasattr(self.teacher, "reshard"):  # FSDP2 keeps a root unsharded after forward; no backward here
-            self.teacher.reshard()
+        reshard = getattr(self.teacher, "reshard", None)
+        if reshard is not None:  # FSDP2 keeps a root unsharded after forward; no backward here
+            reshard()
         dino_logits, ibot_logits = out["dino_global"].float(), out["ibot"].float()
+        dino_loss: Any = self.dino_loss  # typed loosely: methods nn.Module does not declare
+        ibot_loss: Any = self.ibot_loss
         centering = self.cfg.centering
-        dino_probs = self.dino_loss.teacher_probs(dino_logits, teacher_temp, centering)
-        ibot_probs = self.ibot_loss.teacher_probs(ibot_logits, teacher_temp, centering)
+        dino_probs = dino_loss.teacher_probs(dino_logits, teacher_temp, centering)
+        ibot_probs = ibot_loss.teacher_probs(ibot_logits, teacher_temp, centering)
         if centering == "softmax":
-            self.dino_loss.update_center(dino_logits)
-            self.ibot_loss.update_center(ibot_logits)
+            dino_loss.update_center(dino_logits)
+            ibot_loss.update_center(ibot_logits)
         return swap_global_halves(dino_probs), ibot_probs
 
     def losses(
@@ -141,7 +147,8 @@ class SSLModel(nn.Module):
             n_terms += n_global * len(locals_)
         dino = dino / n_terms
 
-        ibot = self.ibot_loss.forward_masked(
+        ibot_loss: Any = self.ibot_loss
+        ibot = ibot_loss.forward_masked(
             out["ibot"].float(),
             teacher_ibot,
             batch["masks_weight"],

@@ -32,7 +32,14 @@ from pretrain import checkpoint as ckpt
 from pretrain import distributed as D
 from pretrain.config import TrainConfig, load_config, save_config
 from pretrain.data import build_loader, derive_seed, open_dataset, seed_everything
-from pretrain.export import export_teacher, full_backbone, register, run_record
+from pretrain.export import (
+    LAYOUT_PATHS,
+    export_teacher,
+    full_backbone,
+    register,
+    run_record,
+    teacher_from_checkpoint,
+)
 from pretrain.optim import apply_schedule, build_optimizer, param_groups
 from pretrain.schedules import PhaseSchedule, phase_schedule, phases
 from pretrain.ssl import SSLModel, build_ssl_model
@@ -175,16 +182,18 @@ def build_phase(
     size = config.highres.size if name == "highres" and not fsdp else config.crops.global_size
     model = build_ssl_model(config, size).to(info.device)
     model.train()
+    student_vit: Any = model.student.backbone
+    teacher_vit: Any = model.teacher.backbone
     if config.train.compile:
-        for blk in [*model.student.backbone.blocks, *model.teacher.backbone.blocks]:
+        for blk in [*student_vit.blocks, *teacher_vit.blocks]:
             blk.compile()
     if fsdp:
         mp = torch.bfloat16 if info.device.type == "cuda" else None
-        D.shard_fsdp(model.student, list(model.student.backbone.blocks), mp)
-        D.shard_fsdp(model.teacher, list(model.teacher.backbone.blocks), mp)
+        D.shard_fsdp(model.student, list(student_vit.blocks), mp)
+        D.shard_fsdp(model.teacher, list(teacher_vit.blocks), mp)
     groups = param_groups(
         model.student.named_parameters(),
-        model.student.backbone.n_blocks,
+        student_vit.n_blocks,
         config.optim.layerwise_decay,
         config.optim.patch_embed_lr_mult,
     )
@@ -289,6 +298,11 @@ def train(config: TrainConfig, args: argparse.Namespace, info: D.DistInfo, log: 
     shards = log.shards
     found = ckpt.latest_valid(log.run_dir / "checkpoints")
     step = int(found[1]["step"]) if found else 0
+    if found and info.is_main and found[1].get("config") != config.model_dump(mode="json"):
+        print(
+            f"warning: resuming {found[0]} with a config that differs from the one it was saved with",
+            flush=True,
+        )
     log.start(step)
     limit = args.max_steps if args.max_steps is not None else phases(config)[-1][2]
     phase = None
@@ -304,6 +318,8 @@ def train(config: TrainConfig, args: argparse.Namespace, info: D.DistInfo, log: 
         step = run_phase(config, phase, step, stop, iter(loader), log, info)
     if phase is not None:
         log.export(phase.model, config)
+    elif found and info.is_main and not (log.run_dir / LAYOUT_PATHS["dinoflow"]).exists():
+        export_teacher(teacher_from_checkpoint(found[0]), log.run_dir)  # killed between checkpoint and export
     return step
 
 
