@@ -1,0 +1,290 @@
+"""Write a set of images as a new, immutable dataset version: webdataset shards, an index, a catalog row.
+
+Order (deterministic, documented): the selected rows are de-duplicated by ``image_id`` (same id =
+same bytes; the lowest ``uri`` is kept), sorted by ``image_id``, and permuted by
+``numpy.random.default_rng(seed)``; with ``max_samples`` the first ``max_samples`` of the
+permutation are taken, i.e. a uniform sample without replacement. Shards are filled in that order,
+so they are already shuffled, and the same inputs give byte-identical shards.
+
+Atomicity: everything is written to ``datasets/NAME/.tmp-vN-<uuid>/`` first, the folder is moved to
+``datasets/NAME/vN/`` (a rename on local disks, a per-object move on remote stores), and the
+``datasets`` row is committed LAST. A write killed at any point leaves no visible version; its temp
+folder is removed when the write fails in-process, and ignored (then removed once older than
+``STALE_TEMP_S``) otherwise. A ``vN`` folder without a row (a kill between the move and the commit)
+is never overwritten: the next version number skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.shards import ShardWriter, SourceReader, brace_pattern, closed_size, encode_image, member_bytes
+from data_catalog.catalog import Catalog
+from data_catalog.datasets import DatasetRecord, register_dataset, validate_name, versions
+from data_catalog.images import accepted
+
+STALE_TEMP_S = 24 * 3600  # temp folders older than this are left-overs of killed writes
+_BASE_COLUMNS = ("image_id", "uri")
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+Progress = Callable[[int, int], None]  # (samples written, samples planned)
+ERROR_MODES = ("raise", "skip")
+
+
+def order_selection(selection: pa.Table, max_samples: int | None, seed: int) -> tuple[pa.Table, int]:
+    """The rows to write, in shard order (see the module docstring); also how many duplicate ids were merged."""
+    missing = [c for c in _BASE_COLUMNS if c not in selection.column_names]
+    if missing:
+        raise ValueError(f"selection lacks column(s) {missing}; it needs at least {list(_BASE_COLUMNS)}")
+    for col in _BASE_COLUMNS:
+        if selection.column(col).null_count:
+            raise ValueError(f"selection has {selection.column(col).null_count} null value(s) in {col!r}")
+    table = selection.sort_by([("image_id", "ascending"), ("uri", "ascending")])
+    ids = table.column("image_id").to_numpy(zero_copy_only=False)
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    merged = int((~first).sum())
+    table = table.filter(pa.array(first))
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    if max_samples is not None:
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be positive, got {max_samples}")
+        order = order[:max_samples]
+    return table.take(pa.array(order, pa.int64())), merged
+
+
+def next_version(catalog: Catalog, name: str) -> int:
+    """One more than every committed version and every ``vN`` folder (kept even without a row)."""
+    fs, root = catalog.filesystem(), catalog.uri("datasets", name)
+    folders = []
+    if fs.exists(root):
+        for path in fs.ls(root, detail=False):
+            match = _VERSION_DIR.match(posixpath.basename(str(path).rstrip("/")))
+            if match:
+                folders.append(int(match.group(1)))
+    return max([0, *versions(catalog, name), *folders]) + 1
+
+
+def clean_stale_temp(catalog: Catalog, name: str, older_than_s: float = STALE_TEMP_S) -> list[str]:
+    """Remove temp folders of killed writes of ``name`` older than ``older_than_s``; returns them."""
+    fs, root = catalog.filesystem(), catalog.uri("datasets", name)
+    if not fs.exists(root):
+        return []
+    removed = []
+    for info in fs.ls(root, detail=True):
+        path = str(info["name"]).rstrip("/")
+        if not posixpath.basename(path).startswith(".tmp-"):
+            continue
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+        stamp = mtime.timestamp() if isinstance(mtime, datetime) else float(mtime or 0)
+        if time.time() - stamp >= older_than_s:
+            fs.rm(path, recursive=True)
+            removed.append(path)
+    return removed
+
+
+def _encoded(
+    rows: Sequence[dict[str, Any]], reader: SourceReader, max_side: int | None, quality: int, workers: int
+) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(row, EncodedImage or the exception) in ``rows`` order, read and encoded by a thread pool."""
+
+    def work(row: dict[str, Any]) -> Any:
+        try:
+            return encode_image(reader.read(row["uri"]), max_side, quality)
+        except Exception as err:  # reported per sample by the caller
+            return err
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        chunk = 8 * max(1, workers)
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            yield from zip(part, pool.map(work, part), strict=True)
+
+
+def _sample_json(row: dict[str, Any], image: Any) -> bytes:
+    record = {k: v for k, v in row.items() if k not in ("width", "height", "format", "mode", "bytes")}
+    record.update(
+        width=image.width, height=image.height, source_format=image.source_format, reencoded=image.reencoded
+    )
+    return json.dumps(record, sort_keys=True, default=str).encode()
+
+
+class _ShardSet:
+    """Fills shards ``PREFIX-000000.tar`` ... in ``folder``, starting a new one at the size/count cap."""
+
+    def __init__(self, catalog: Catalog, folder: str, prefix: str, max_bytes: int, max_samples: int | None):
+        self.fs, self.folder, self.prefix = catalog.filesystem(), folder, prefix
+        self.max_bytes, self.max_samples = max_bytes, max_samples
+        self.writer: ShardWriter | None = None
+        self.shards: list[dict[str, Any]] = []
+
+    def add(self, key: str, files: dict[str, bytes]) -> None:
+        size = sum(member_bytes(len(d)) for d in files.values())
+        w = self.writer
+        if (
+            w is not None
+            and w.num_samples
+            and (
+                closed_size(w.offset + size) > self.max_bytes
+                or (self.max_samples is not None and w.num_samples >= self.max_samples)
+            )
+        ):
+            self.finish()
+        if self.writer is None:
+            name = f"{self.prefix}-{len(self.shards):06d}.tar"
+            self.writer = ShardWriter(self.fs, posixpath.join(self.folder, name))
+        self.writer.add(key, files)
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.shards.append({"url": posixpath.basename(self.writer.path), **self.writer.close()})
+            self.writer = None
+
+
+def write_shards(
+    catalog: Catalog,
+    rows: list[dict[str, Any]],
+    folder: str,
+    prefix: str,
+    opts: dict[str, Any],
+    progress: Progress | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Write ``rows`` as shards in ``folder``; returns (shard entries, skipped samples with reasons)."""
+    shards = _ShardSet(catalog, folder, prefix, opts["shard_max_bytes"], opts["shard_max_samples"])
+    skipped: list[dict[str, str]] = []
+    with SourceReader(r["uri"] for r in rows) as reader:
+        encoded = _encoded(rows, reader, opts["reencode_max_side"], opts["jpeg_quality"], opts["workers"])
+        for done, (row, image) in enumerate(encoded, start=1):
+            if isinstance(image, Exception):
+                if opts["errors"] == "raise":
+                    raise RuntimeError(
+                        f"cannot write sample {row['image_id']} from {row['uri']}: {image}"
+                    ) from image
+                skipped.append({"image_id": row["image_id"], "uri": row["uri"], "reason": repr(image)})
+            else:
+                shards.add(row["image_id"], {image.ext: image.data, "json": _sample_json(row, image)})
+            if progress is not None:
+                progress(done, len(rows))
+    shards.finish()
+    return shards.shards, skipped
+
+
+def _write_json(catalog: Catalog, path: str, value: dict[str, Any]) -> None:
+    fs, tmp = catalog.filesystem(), f"{path}.part"
+    with fs.open(tmp, "wb") as f:
+        f.write(json.dumps(value, indent=1, default=str).encode())
+    fs.mv(tmp, path)
+
+
+def _publish(catalog: Catalog, tmp: str, final: str) -> None:
+    """Move the finished temp folder to its version folder (never onto an existing one)."""
+    fs = catalog.filesystem()
+    if fs.exists(final):
+        raise FileExistsError(f"{final} already exists: another write took this version; re-run")
+    if catalog.is_local:
+        os.rename(tmp, final)  # atomic; fails if another writer created ``final`` meanwhile
+    else:
+        fs.mv(tmp, final, recursive=True)
+
+
+def _selection_and_version(catalog: Catalog, selection: pa.Table | None) -> tuple[pa.Table, int | None]:
+    images_version = catalog.version("images")
+    if selection is not None:
+        return selection, images_version
+    if images_version is None:
+        raise ValueError(f"catalog {catalog.root} has no images table: run `dinoflow curate` first")
+    cols = ["image_id", "uri", "width", "height"]
+    table = accepted(catalog, version=images_version, columns=cols)
+    return table.filter(pc.is_valid(table.column("image_id"))), images_version
+
+
+def create_dataset_version(
+    catalog: Catalog,
+    name: str,
+    *,
+    selection: pa.Table | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    shard_max_bytes: int = 1_000_000_000,
+    shard_max_samples: int | None = None,
+    reencode_max_side: int | None = None,
+    jpeg_quality: int = 90,
+    parents: Sequence[str] = (),
+    config: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+    errors: str = "raise",
+    workers: int = 4,
+) -> DatasetRecord:
+    """Write ``selection`` (default: every accepted image at the current images table version) as
+    version ``NAME:vN`` (next N) and return its committed record.
+
+    ``selection`` needs ``image_id`` and ``uri``; its other columns (``cluster_id``, ...) go into each
+    sample's json. ``errors``: ``"raise"`` stops at the first unreadable/undecodable sample (no
+    version), ``"skip"`` leaves it out and lists it under ``"skipped"`` in the index.
+    ``progress(done, total)`` is called after each sample. ``workers`` threads read and encode.
+    """
+    validate_name(name)
+    if errors not in ERROR_MODES:
+        raise ValueError(f"errors={errors!r}: choose one of {ERROR_MODES}")
+    if shard_max_bytes < 1 or (shard_max_samples is not None and shard_max_samples < 1):
+        raise ValueError("shard_max_bytes and shard_max_samples must be positive")
+    table, images_version = _selection_and_version(catalog, selection)
+    ordered, merged = order_selection(table, max_samples, seed)
+    if ordered.num_rows == 0:
+        raise ValueError(f"nothing to write for dataset {name!r}: the selection is empty")
+    opts = {
+        "max_samples": max_samples, "seed": seed, "shard_max_bytes": shard_max_bytes,
+        "shard_max_samples": shard_max_samples, "reencode_max_side": reencode_max_side,
+        "jpeg_quality": jpeg_quality, "errors": errors, "workers": workers,
+        "selection": "accepted" if selection is None else f"custom ({selection.num_rows} rows)",
+        "stage": config or {},
+    }  # fmt: skip
+    clean_stale_temp(catalog, name)
+    version = next_version(catalog, name)
+    prefix = f"{name}-v{version}"
+    fs, root = catalog.filesystem(), catalog.uri("datasets", name)
+    tmp, final = (
+        posixpath.join(root, f".tmp-v{version}-{uuid.uuid4().hex[:12]}"),
+        posixpath.join(root, f"v{version}"),
+    )
+    fs.makedirs(tmp, exist_ok=True)
+    try:
+        shards, skipped = write_shards(catalog, ordered.to_pylist(), tmp, prefix, opts, progress)
+        if not shards:
+            raise ValueError(f"dataset {name!r}: every one of {ordered.num_rows} samples was skipped")
+        created = datetime.now(UTC)
+        index = {
+            "name": name, "version": version, "num_samples": sum(s["num_samples"] for s in shards),
+            "num_shards": len(shards), "total_bytes": sum(s["bytes"] for s in shards), "shards": shards,
+            "brace_pattern": brace_pattern(prefix, len(shards)), "created_at": created.isoformat(),
+            "sample_key": "image_id", "images_table_version": images_version, "parents": list(parents),
+            "config": opts, "duplicate_ids_merged": merged, "skipped": skipped,
+        }  # fmt: skip
+        _write_json(catalog, posixpath.join(tmp, f"{prefix}.index.json"), index)
+        _publish(catalog, tmp, final)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+        raise
+    record = DatasetRecord(
+        name=name, version=version, created_at=created, num_samples=index["num_samples"],
+        num_shards=len(shards), total_bytes=index["total_bytes"], shards_uri=final,
+        shard_pattern=index["brace_pattern"], index_uri=posixpath.join(final, f"{prefix}.index.json"),
+        config_json=json.dumps(opts, sort_keys=True, default=str), images_table_version=images_version,
+        parents=list(parents), run_id=run_id,
+    )  # fmt: skip
+    register_dataset(catalog, record)
+    return record

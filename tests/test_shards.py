@@ -1,0 +1,285 @@
+"""Dataset versions as webdataset shards: what the tars hold, sizes, encoding, tar-member sources."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from curation.dataset_version import create_dataset_version, order_selection
+from curation.shards import (
+    FORMAT_EXT,
+    SourceReader,
+    encode_image,
+    read_index,
+    shard_urls,
+    split_tar_member,
+    verify_dataset,
+)
+from data_catalog.catalog import Catalog
+from data_catalog.images import IMAGES_SCHEMA, upsert_images
+
+
+def image_row(uri: str, data: bytes, status: str = "accepted") -> dict:
+    """An images-table row for real image bytes (what ingest writes, without the quality measures)."""
+    now = datetime.now(UTC)
+    with Image.open(io.BytesIO(data)) as img:
+        size, fmt, mode = img.size, img.format, img.mode
+    row = dict(
+        uri=uri, image_id=hashlib.sha256(data).hexdigest(), source="test", bytes=len(data),
+        width=size[0], height=size[1], format=fmt, mode=mode, status=status, ingested_at=now, updated_at=now,
+    )  # fmt: skip
+    return {k: row.get(k) for k in IMAGES_SCHEMA.names}
+
+
+def build_catalog(
+    root: Path, imagenette_dir: Path, raw_photos: Path, n_tar: int = 10
+) -> tuple[Catalog, dict]:
+    """60 real images: 40 Imagenette files, 10 raw photos, ``n_tar`` Imagenette files as tar members.
+
+    Returns the catalog and ``{image_id: source bytes}`` of the accepted images.
+    """
+    jpgs = sorted(imagenette_dir.rglob("*.JPEG"))
+    files = jpgs[:40] + sorted(raw_photos.iterdir())[:10]
+    rows = [image_row(str(p), p.read_bytes()) for p in files]
+    tar_path = root / "sources" / "part-000.tar"
+    tar_path.parent.mkdir(parents=True)
+    with tarfile.open(tar_path, "w") as tar:
+        for p in jpgs[100 : 100 + n_tar]:
+            tar.add(p, arcname=f"imgs/{p.name}")
+            rows.append(image_row(f"{tar_path}#imgs/{p.name}", p.read_bytes()))
+    rejected = jpgs[200]
+    rows.append(image_row(str(rejected), rejected.read_bytes(), status="rejected"))
+    catalog = Catalog(root / "catalog")
+    upsert_images(catalog, pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), "test-run")
+    sources = {r["image_id"]: r for r in rows if r["status"] == "accepted"}
+    return catalog, sources
+
+
+def samples(urls: list[str]) -> list[dict]:
+    return list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, imagenette_dir: Path, raw_photos: Path):
+    root = tmp_path_factory.mktemp("shards")
+    catalog, sources = build_catalog(root, imagenette_dir, raw_photos)
+    record = create_dataset_version(catalog, "full", shard_max_bytes=400_000)
+    return catalog, sources, record
+
+
+def _source_bytes(uri: str) -> bytes:
+    with SourceReader([uri]) as reader:
+        return reader.read(uri)
+
+
+def test_shards_hold_exactly_the_accepted_images(built) -> None:
+    catalog, sources, record = built
+    got = samples(shard_urls(record))
+    assert sorted(s["__key__"] for s in got) == sorted(sources)  # all accepted, no rejected, no repeats
+    assert record.num_samples == len(sources) == 60
+    for s in got:
+        assert "." not in s["__key__"]
+        meta = json.loads(s["json"])
+        src = sources[s["__key__"]]
+        assert meta["image_id"] == s["__key__"] and meta["uri"] == src["uri"]
+        assert (meta["width"], meta["height"]) == (src["width"], src["height"])
+        assert s["jpg"] == _source_bytes(src["uri"])  # byte-identical, tar members included
+        assert meta["reencoded"] is False
+
+
+def test_shard_sizes_index_and_verify(built) -> None:
+    catalog, _, record = built
+    index = read_index(record.index_uri)
+    assert record.num_shards == len(index["shards"]) > 2  # the 400 kB target forced several shards
+    assert (
+        index["brace_pattern"]
+        == record.shard_pattern
+        == f"full-v1-{{000000..{record.num_shards - 1:06d}}}.tar"
+    )
+    assert [s["url"] for s in index["shards"]] == [f"full-v1-{i:06d}.tar" for i in range(record.num_shards)]
+    assert list(wds.shardlists.expand_urls(f"{record.shards_uri}/{record.shard_pattern}")) == shard_urls(
+        record
+    )
+    for entry, url in zip(index["shards"], shard_urls(record), strict=True):
+        data = Path(url).read_bytes()
+        assert len(data) == entry["bytes"] <= 400_000
+        assert hashlib.md5(data).hexdigest() == entry["md5"]
+        assert len(samples([url])) == entry["num_samples"]
+    assert sum(s["bytes"] for s in index["shards"]) == record.total_bytes
+    assert (index["name"], index["version"], index["num_samples"]) == ("full", 1, 60)
+    assert verify_dataset(catalog, "full", 1)["ok"]
+
+
+def test_verify_detects_a_corrupt_shard(built, tmp_path: Path) -> None:
+    catalog, _, _ = built
+    record = create_dataset_version(catalog, "corrupt", max_samples=5)
+    url = shard_urls(record)[0]
+    data = bytearray(Path(url).read_bytes())
+    data[600] ^= 0xFF  # inside the first image
+    Path(url).chmod(0o644)
+    Path(url).write_bytes(bytes(data))
+    report = verify_dataset(catalog, "corrupt")
+    assert not report["ok"] and "md5" in report["problems"][0]
+
+
+def test_same_inputs_same_shards_and_seeded_samples(built) -> None:
+    catalog, sources, _ = built
+    a = create_dataset_version(catalog, "sample", max_samples=20, seed=1, shard_max_samples=6)
+    b = create_dataset_version(catalog, "sample", max_samples=20, seed=1, shard_max_samples=6)
+    c = create_dataset_version(catalog, "sample", max_samples=20, seed=2, shard_max_samples=6)
+    ia, ib = read_index(a.index_uri), read_index(b.index_uri)
+    assert [s["md5"] for s in ia["shards"]] == [s["md5"] for s in ib["shards"]]  # byte-identical shards
+    assert [s["num_samples"] for s in ia["shards"]] == [6, 6, 6, 2]
+    keys_a = [s["__key__"] for s in samples(shard_urls(a))]
+    keys_c = [s["__key__"] for s in samples(shard_urls(c))]
+    assert len(set(keys_a)) == 20 and set(keys_a) <= set(sources)
+    assert set(keys_a) != set(keys_c)
+    assert keys_a != sorted(keys_a)  # shuffled, not in image_id order
+
+
+def test_max_samples_is_a_uniform_sample() -> None:
+    """Each of 100 ids is drawn with probability 10/100: 2,000 seeds give ~200 draws each."""
+    table = pa.table({"image_id": [f"{i:04x}" for i in range(100)], "uri": [f"u{i}" for i in range(100)]})
+    counts = np.zeros(100, dtype=int)
+    for seed in range(2000):
+        picked, merged = order_selection(table, 10, seed)
+        assert picked.num_rows == 10 and merged == 0
+        counts[[int(x, 16) for x in picked.column("image_id").to_pylist()]] += 1
+    assert counts.sum() == 20_000
+    assert counts.min() > 140 and counts.max() < 260, (counts.min(), counts.max())  # 4+ sigma bounds
+
+
+def test_selection_extra_columns_and_duplicate_ids(built) -> None:
+    catalog, sources, _ = built
+    ids = sorted(sources)[:8]
+    selection = pa.table(
+        {
+            "image_id": ids + ids[:2],  # two ids twice, under other uris
+            "uri": [sources[i]["uri"] for i in ids] + ["~/zz/a.jpg", "~/zz/b.jpg"],
+            "cluster_id": list(range(8)) + [99, 99],
+        }
+    )
+    record = create_dataset_version(catalog, "clustered", selection=selection, parents=["full:v1"])
+    got = {s["__key__"]: json.loads(s["json"]) for s in samples(shard_urls(record))}
+    assert sorted(got) == ids
+    for i, image_id in enumerate(ids):
+        assert got[image_id]["cluster_id"] == i  # the lowest uri of a duplicated id is the one kept
+    assert read_index(record.index_uri)["duplicate_ids_merged"] == 2
+
+
+def _rotated_jpeg(photo: Path) -> bytes:
+    with Image.open(photo) as img:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def test_reencode_max_side_orientation_and_modes(tmp_path: Path, raw_photos: Path) -> None:
+    photo = sorted(p for p in raw_photos.iterdir() if Image.open(p).size[0] > 300)[0]
+    with Image.open(photo) as img:
+        rgb = img.convert("RGB")
+    variants = {"rotated.jpg": _rotated_jpeg(photo)}
+    for name, converted, fmt in (
+        ("cmyk.jpg", rgb.convert("CMYK"), "JPEG"),
+        ("alpha.png", rgb.convert("RGBA"), "PNG"),
+    ):
+        buf = io.BytesIO()
+        converted.save(buf, fmt)
+        variants[name] = buf.getvalue()
+    rows = []
+    for name, data in variants.items():
+        (tmp_path / name).write_bytes(data)
+        rows.append(image_row(str(tmp_path / name), data))
+    catalog = Catalog(tmp_path / "catalog")
+    upsert_images(catalog, pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), "r")
+    record = create_dataset_version(catalog, "small", reencode_max_side=64, jpeg_quality=85)
+    by_uri = {json.loads(s["json"])["uri"]: s for s in samples(shard_urls(record))}
+    for name in variants:
+        s = by_uri[str(tmp_path / name)]
+        meta = json.loads(s["json"])
+        with Image.open(io.BytesIO(s["jpg"])) as img:
+            assert img.format == "JPEG" and img.mode == "RGB"
+            assert max(img.size) == 64 and img.size == (meta["width"], meta["height"])
+        assert meta["reencoded"] is True
+    w, h = rgb.size
+    rotated = json.loads(by_uri[str(tmp_path / "rotated.jpg")]["json"])
+    assert (rotated["width"] > rotated["height"]) == (h > w)  # EXIF orientation 6 swapped the sides
+
+
+def test_encode_image_rescales_16_bit_and_flattens_alpha() -> None:
+    ramp = (np.arange(256 * 64, dtype=np.uint32).reshape(64, 256) % 256 * 257).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")  # a 16-bit greyscale ramp 0..65535
+    out = encode_image(buf.getvalue())
+    assert out.reencoded and out.ext == "jpg"
+    with Image.open(io.BytesIO(out.data)) as img:
+        arr = np.asarray(img.convert("L"), dtype=float)
+    assert abs(arr.mean() - 127.5) < 3  # rescaled, not clipped to white
+    transparent = Image.new("RGBA", (20, 10), (0, 0, 0, 0))
+    buf = io.BytesIO()
+    transparent.save(buf, "PNG")
+    kept = encode_image(buf.getvalue())
+    assert not kept.reencoded and kept.ext == "png"  # small 8-bit PNG: original bytes
+    flat = encode_image(buf.getvalue(), reencode_max_side=5)
+    with Image.open(io.BytesIO(flat.data)) as img:
+        assert img.mode == "RGB" and np.asarray(img).min() > 240  # transparent -> white
+
+
+def test_original_formats_keep_bytes_and_extension(imagededup_testdata: Path) -> None:
+    wanted = {".bmp": "bmp", ".gif": "gif", ".tiff": "tif", ".webp": "webp", ".png": "png", ".pgm": "ppm"}
+    seen = set()
+    for path in sorted(imagededup_testdata.rglob("*")):
+        ext = wanted.get(path.suffix.lower())
+        if ext is None or "corrupt" in path.name:
+            continue
+        data = path.read_bytes()
+        try:
+            out = encode_image(data)
+        except OSError:
+            continue  # files under a wrong extension are the ingest stage's business
+        if out.source_format and not out.reencoded:
+            assert out.data == data and out.ext == FORMAT_EXT[out.source_format]
+            seen.add(out.ext)
+    assert {"gif", "png", "webp", "tif", "ppm"} <= seen, seen  # (the .bmp there is a JPEG in disguise)
+
+
+def test_tar_member_uris(tmp_path: Path, imagenette_dir: Path) -> None:
+    assert split_tar_member("/a/b.tar#x/y.jpg") == ("/a/b.tar", "x/y.jpg")
+    assert split_tar_member("s3://bk/p#1/s.tar.gz#m#1.jpg") == ("s3://bk/p#1/s.tar.gz", "m#1.jpg")
+    assert split_tar_member("/a/photo#1.jpg") is None
+    files = sorted(imagenette_dir.rglob("*.JPEG"))[:3]
+    for mode, name in (("w", "plain.tar"), ("w:gz", "packed.tar.gz")):
+        with tarfile.open(tmp_path / name, mode) as tar:
+            for p in files:
+                tar.add(p, arcname=f"d/{p.name}")
+    uris = [f"{tmp_path / name}#d/{p.name}" for name in ("plain.tar", "packed.tar.gz") for p in files]
+    with SourceReader(uris) as reader:
+        for uri in reversed(uris):
+            assert (
+                reader.read(uri) == Path(imagenette_dir.rglob(uri.rsplit("/", 1)[1]).__next__()).read_bytes()
+            )
+        assert len(reader.tars) == 2  # each tar opened (scanned) once
+        with pytest.raises(FileNotFoundError, match="not found in tar"):
+            reader.read(f"{tmp_path / 'plain.tar'}#d/missing.jpg")
+
+
+def test_pretrain_reader_opens_the_version(built) -> None:
+    """The training engine's reader (pretrain.data) resolves ``NAME:vN`` to the same shards."""
+    pretrain_data = pytest.importorskip("pretrain.data")
+    catalog, _, record = built
+    shards, meta = pretrain_data.open_dataset(catalog.root, "full:v1")
+    assert [s.url for s in shards] == shard_urls(record)
+    assert sum(s.num_samples for s in shards) == record.num_samples
+    assert meta["version"] == 1
