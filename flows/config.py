@@ -44,7 +44,9 @@ class PipelineConfig(BaseModel):
     source: str | None = Field(
         None, description="Images to ingest: folder, fsspec URL, tar shards, or a parquet/CSV list of URIs."
     )
-    dask_address: str | None = Field(None, description="Existing Dask scheduler; None starts a LocalCluster.")
+    dask_address: str | None = Field(
+        None, description="Existing Dask scheduler address; None starts a LocalCluster; \"sync\" runs in-process."
+    )
     curate: CurateConfig = Field(default_factory=CurateConfig)
     dataset: DatasetStageConfig = Field(default_factory=DatasetStageConfig)
     pretrain: PretrainStageConfig = Field(default_factory=PretrainStageConfig)

@@ -59,3 +59,32 @@ def raw_photos(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def imagededup_testdata(shared_data: Path) -> Path:
     return shared_data / "imagededup-testdata"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real Prefect ephemeral API on a temporary database, with results and home in tmp.
+
+    prefect_test_harness isolates the database but not result storage, so that is pointed at a
+    temporary folder too. The ephemeral API takes 10-20 s to start on a fresh home.
+    """
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
