@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +35,7 @@ import pyarrow.compute as pc
 from curation.shards import ShardWriter, SourceReader, brace_pattern, closed_size, encode_image, member_bytes
 from data_catalog.catalog import Catalog
 from data_catalog.datasets import DatasetRecord, register_dataset, validate_name, versions
-from data_catalog.images import accepted
+from data_catalog.images import Reason, accepted
 
 STALE_TEMP_S = 24 * 3600  # temp folders older than this are left-overs of killed writes
 _BASE_COLUMNS = ("image_id", "uri")
@@ -102,9 +103,13 @@ def _encoded(
 
     def work(row: dict[str, Any]) -> Any:
         try:
-            return encode_image(reader.read(row["uri"]), max_side, quality)
+            data = reader.read(row["uri"])
         except Exception as err:  # reported per sample by the caller
-            return err
+            return SampleError(Reason.READ_ERROR.value, err)
+        try:
+            return encode_image(data, max_side, quality)
+        except Exception as err:
+            return SampleError(Reason.DECODE_ERROR.value, err)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         chunk = 8 * max(1, workers)
@@ -119,6 +124,12 @@ def _sample_json(row: dict[str, Any], image: Any) -> bytes:
         width=image.width, height=image.height, source_format=image.source_format, reencoded=image.reencoded
     )
     return json.dumps(record, sort_keys=True, default=str).encode()
+
+
+@dataclass(frozen=True)
+class SampleError:
+    reason: str  # images-table vocabulary: read_error | decode_error
+    error: Exception
 
 
 class _ShardSet:
@@ -160,19 +171,21 @@ def write_shards(
     prefix: str,
     opts: dict[str, Any],
     progress: Progress | None,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Write ``rows`` as shards in ``folder``; returns (shard entries, skipped samples with reasons)."""
     shards = _ShardSet(catalog, folder, prefix, opts["shard_max_bytes"], opts["shard_max_samples"])
     skipped: list[dict[str, str]] = []
-    with SourceReader(r["uri"] for r in rows) as reader:
+    with SourceReader((r["uri"] for r in rows), storage_options=storage_options) as reader:
         encoded = _encoded(rows, reader, opts["reencode_max_side"], opts["jpeg_quality"], opts["workers"])
         for done, (row, image) in enumerate(encoded, start=1):
-            if isinstance(image, Exception):
+            if isinstance(image, SampleError):
+                detail = f"{type(image.error).__name__}: {image.error}"
                 if opts["errors"] == "raise":
                     raise RuntimeError(
-                        f"cannot write sample {row['image_id']} from {row['uri']}: {image}"
-                    ) from image
-                skipped.append({"image_id": row["image_id"], "uri": row["uri"], "reason": repr(image)})
+                        f"cannot write sample {row['image_id']} from {row['uri']} ({image.reason}): {detail}"
+                    ) from image.error
+                skipped.append({**row, "reason": image.reason, "detail": detail})
             else:
                 shards.add(row["image_id"], {image.ext: image.data, "json": _sample_json(row, image)})
             if progress is not None:
@@ -227,6 +240,7 @@ def create_dataset_version(
     progress: Progress | None = None,
     errors: str = "raise",
     workers: int = 4,
+    storage_options: dict[str, Any] | None = None,
 ) -> DatasetRecord:
     """Write ``selection`` (default: every accepted image at the current images table version) as
     version ``NAME:vN`` (next N) and return its committed record.
@@ -234,7 +248,8 @@ def create_dataset_version(
     ``selection`` needs ``image_id`` and ``uri``; its other columns (``cluster_id``, ...) go into each
     sample's json. ``errors``: ``"raise"`` stops at the first unreadable/undecodable sample (no
     version), ``"skip"`` leaves it out and lists it under ``"skipped"`` in the index.
-    ``progress(done, total)`` is called after each sample. ``workers`` threads read and encode.
+    ``progress(done, total)`` is called after each sample. ``workers`` threads read and encode;
+    ``storage_options`` (credentials, endpoints) are used to read remote source images.
     """
     validate_name(name)
     if errors not in ERROR_MODES:
@@ -246,12 +261,17 @@ def create_dataset_version(
     if ordered.num_rows == 0:
         raise ValueError(f"nothing to write for dataset {name!r}: the selection is empty")
     opts = {
-        "max_samples": max_samples, "seed": seed, "shard_max_bytes": shard_max_bytes,
-        "shard_max_samples": shard_max_samples, "reencode_max_side": reencode_max_side,
-        "jpeg_quality": jpeg_quality, "errors": errors, "workers": workers,
+        "max_samples": max_samples,
+        "seed": seed,
+        "shard_max_bytes": shard_max_bytes,
+        "shard_max_samples": shard_max_samples,
+        "reencode_max_side": reencode_max_side,
+        "jpeg_quality": jpeg_quality,
+        "errors": errors,
+        "workers": workers,
         "selection": "accepted" if selection is None else f"custom ({selection.num_rows} rows)",
         "stage": config or {},
-    }  # fmt: skip
+    }  # fmt: skip  (no storage_options here: this is saved beside the shards)
     clean_stale_temp(catalog, name)
     version = next_version(catalog, name)
     prefix = f"{name}-v{version}"
@@ -262,7 +282,9 @@ def create_dataset_version(
     )
     fs.makedirs(tmp, exist_ok=True)
     try:
-        shards, skipped = write_shards(catalog, ordered.to_pylist(), tmp, prefix, opts, progress)
+        shards, skipped = write_shards(
+            catalog, ordered.to_pylist(), tmp, prefix, opts, progress, storage_options
+        )
         if not shards:
             raise ValueError(f"dataset {name!r}: every one of {ordered.num_rows} samples was skipped")
         created = datetime.now(UTC)

@@ -24,6 +24,7 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageOps
 
+from curation.sources import split_tar_uri
 from data_catalog.catalog import Catalog
 from data_catalog.datasets import DatasetRecord, get_dataset
 
@@ -39,19 +40,14 @@ FORMAT_EXT = {
     "PPM": "ppm",
 }
 HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 
 
 # ----------------------------------------------------------------------------- reading sources
 def split_tar_member(uri: str) -> tuple[str, str] | None:
-    """``"a/b.tar#x/y.jpg"`` -> ``("a/b.tar", "x/y.jpg")``; None for a plain file or URL."""
-    idx = uri.find("#")
-    while idx != -1:
-        if uri[:idx].lower().endswith(TAR_SUFFIXES):
-            return uri[:idx], uri[idx + 1 :]
-        idx = uri.find("#", idx + 1)
-    return None
+    """``"a/b.tar#x/y.jpg"`` -> ``("a/b.tar", "x/y.jpg")``; None for a plain file or URL (the ingest
+    stage's uri form, ``curation.sources.split_tar_uri``)."""
+    return split_tar_uri(uri)
 
 
 class _TarSource:
@@ -60,9 +56,9 @@ class _TarSource:
     Compressed tars cannot seek: their ``wanted`` members are read in one pass and held until used.
     """
 
-    def __init__(self, url: str, wanted: set[str]) -> None:
+    def __init__(self, url: str, wanted: set[str], storage_options: dict[str, Any]) -> None:
         self.url, self.lock = url, threading.Lock()
-        self.file: BinaryIO = fsspec.open(url, "rb").open()
+        self.file: BinaryIO = fsspec.open(url, "rb", **storage_options).open()
         self.members: dict[str, tuple[int, int]] = {}
         self.held: dict[str, bytes] = {}
         compressed = not url.lower().endswith(".tar")
@@ -96,10 +92,14 @@ class SourceReader:
     """Reads image bytes by uri: local paths, fsspec URLs, and ``TAR#MEMBER`` (each tar scanned once).
 
     ``wanted`` (all uris that will be read) lets compressed tars be read in one pass. At most
-    ``max_open`` tars stay open (least recently used closed first). Use as a context manager.
+    ``max_open`` tars stay open (least recently used closed first); ``storage_options`` go to fsspec.
+    Use as a context manager.
     """
 
-    def __init__(self, wanted: Iterable[str] = (), max_open: int = 64) -> None:
+    def __init__(
+        self, wanted: Iterable[str] = (), max_open: int = 64, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self.storage_options = dict(storage_options or {})
         self.wanted: dict[str, set[str]] = {}
         for uri in wanted:
             parts = split_tar_member(uri)
@@ -113,7 +113,7 @@ class SourceReader:
             if url in self.tars:
                 self.tars.move_to_end(url)
                 return self.tars[url]
-            source = _TarSource(url, self.wanted.get(url, set()))
+            source = _TarSource(url, self.wanted.get(url, set()), self.storage_options)
             self.tars[url] = source
             while len(self.tars) > self.max_open:
                 self.tars.popitem(last=False)[1].close()
@@ -123,7 +123,7 @@ class SourceReader:
         parts = split_tar_member(uri)
         if parts:
             return self._tar(parts[0]).read(parts[1])
-        with fsspec.open(uri, "rb") as f:
+        with fsspec.open(uri, "rb", **self.storage_options) as f:
             return bytes(f.read())
 
     def close(self) -> None:
