@@ -4,7 +4,7 @@ Worker *processes* (not threads) by default because PIL holds the GIL in parts o
 all of the Python around it. ``client_or_address``:
 
 - ``None``: start a ``distributed.LocalCluster`` (``n_workers`` processes, None = ``os.cpu_count()``),
-  no dashboard (several runs on one machine must not fight over port 8787), closed afterwards;
+  dashboard on a free port (several runs on one machine must not fight over 8787), closed afterwards;
 - ``"tcp://host:8786"`` (or any scheduler address): connect to that cluster (``--dask-address``);
 - a ``distributed.Client``: use it as is (not closed);
 - ``"sync"``: run in this process, in order (debugging, tests, tiny inputs).
@@ -43,7 +43,7 @@ def dask_client(
             n_workers=n_workers or os.cpu_count() or 1,
             threads_per_worker=threads_per_worker,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
         ) as cluster,
         Client(cluster) as client,
     ):
