@@ -22,8 +22,9 @@ import posixpath
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +33,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.shards import ShardWriter, SourceReader, brace_pattern, closed_size, encode_image, member_bytes
+from curation.shards import (
+    EncodedImage,
+    ShardWriter,
+    SourceReader,
+    brace_pattern,
+    closed_size,
+    encode_image,
+    member_bytes,
+)
 from data_catalog.catalog import Catalog
 from data_catalog.datasets import DatasetRecord, register_dataset, validate_name, versions
 from data_catalog.images import Reason, accepted
@@ -96,10 +105,23 @@ def clean_stale_temp(catalog: Catalog, name: str, older_than_s: float = STALE_TE
     return removed
 
 
+@dataclass(frozen=True)
+class SampleError:
+    reason: str  # images-table vocabulary: read_error | decode_error
+    error: Exception
+
+
+def _rows(table: pa.Table, batch: int = 4096) -> Iterator[dict[str, Any]]:
+    """The table's rows as dicts, ``batch`` at a time (bounded memory for millions of rows)."""
+    for start in range(0, table.num_rows, batch):
+        yield from table.slice(start, batch).to_pylist()
+
+
 def _encoded(
-    rows: Sequence[dict[str, Any]], reader: SourceReader, max_side: int | None, quality: int, workers: int
-) -> Iterator[tuple[dict[str, Any], Any]]:
-    """(row, EncodedImage or the exception) in ``rows`` order, read and encoded by a thread pool."""
+    rows: Iterator[dict[str, Any]], reader: SourceReader, max_side: int | None, quality: int, workers: int
+) -> Iterator[tuple[dict[str, Any], EncodedImage | SampleError]]:
+    """(row, EncodedImage or SampleError) in ``rows`` order, read and encoded by ``workers`` threads
+    with at most ``8 x workers`` samples in flight (PIL and file reads release the GIL)."""
 
     def work(row: dict[str, Any]) -> Any:
         try:
@@ -111,11 +133,20 @@ def _encoded(
         except Exception as err:
             return SampleError(Reason.DECODE_ERROR.value, err)
 
+    window: deque[tuple[dict[str, Any], Future]] = deque()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        chunk = 8 * max(1, workers)
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            yield from zip(part, pool.map(work, part), strict=True)
+        try:
+            for row in rows:
+                window.append((row, pool.submit(work, row)))
+                if len(window) >= 8 * max(1, workers):
+                    done_row, future = window.popleft()
+                    yield done_row, future.result()
+            while window:
+                done_row, future = window.popleft()
+                yield done_row, future.result()
+        finally:
+            for _, future in window:  # stopped early (error, crash): drop what is queued
+                future.cancel()
 
 
 def _sample_json(row: dict[str, Any], image: Any) -> bytes:
@@ -124,12 +155,6 @@ def _sample_json(row: dict[str, Any], image: Any) -> bytes:
         width=image.width, height=image.height, source_format=image.source_format, reencoded=image.reencoded
     )
     return json.dumps(record, sort_keys=True, default=str).encode()
-
-
-@dataclass(frozen=True)
-class SampleError:
-    reason: str  # images-table vocabulary: read_error | decode_error
-    error: Exception
 
 
 class _ShardSet:
@@ -166,18 +191,23 @@ class _ShardSet:
 
 def write_shards(
     catalog: Catalog,
-    rows: list[dict[str, Any]],
+    rows: pa.Table,
     folder: str,
     prefix: str,
     opts: dict[str, Any],
     progress: Progress | None,
     storage_options: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Write ``rows`` as shards in ``folder``; returns (shard entries, skipped samples with reasons)."""
+    """Write ``rows`` (in order) as shards in ``folder``; returns (shard entries, skipped samples).
+
+    ``progress(done, total)`` is called every ``max(1, total // 1000)`` samples and after the last.
+    """
     shards = _ShardSet(catalog, folder, prefix, opts["shard_max_bytes"], opts["shard_max_samples"])
-    skipped: list[dict[str, str]] = []
-    with SourceReader((r["uri"] for r in rows), storage_options=storage_options) as reader:
-        encoded = _encoded(rows, reader, opts["reencode_max_side"], opts["jpeg_quality"], opts["workers"])
+    skipped: list[dict[str, Any]] = []
+    total, every = rows.num_rows, max(1, rows.num_rows // 1000)
+    with SourceReader(rows.column("uri").to_pylist(), storage_options=storage_options) as reader:
+        args = (reader, opts["reencode_max_side"], opts["jpeg_quality"], opts["workers"])
+        encoded = _encoded(_rows(rows), *args)
         for done, (row, image) in enumerate(encoded, start=1):
             if isinstance(image, SampleError):
                 detail = f"{type(image.error).__name__}: {image.error}"
@@ -188,8 +218,8 @@ def write_shards(
                 skipped.append({**row, "reason": image.reason, "detail": detail})
             else:
                 shards.add(row["image_id"], {image.ext: image.data, "json": _sample_json(row, image)})
-            if progress is not None:
-                progress(done, len(rows))
+            if progress is not None and (done % every == 0 or done == total):
+                progress(done, total)
     shards.finish()
     return shards.shards, skipped
 
@@ -282,9 +312,7 @@ def create_dataset_version(
     )
     fs.makedirs(tmp, exist_ok=True)
     try:
-        shards, skipped = write_shards(
-            catalog, ordered.to_pylist(), tmp, prefix, opts, progress, storage_options
-        )
+        shards, skipped = write_shards(catalog, ordered, tmp, prefix, opts, progress, storage_options)
         if not shards:
             raise ValueError(f"dataset {name!r}: every one of {ordered.num_rows} samples was skipped")
         created = datetime.now(UTC)

@@ -51,41 +51,51 @@ def split_tar_member(uri: str) -> tuple[str, str] | None:
 
 
 class _TarSource:
-    """One source tar opened once: members located by one header scan, read by seek (thread-safe).
+    """One source tar, its members located by one header scan, then read by seek + read (thread-safe).
 
-    Compressed tars cannot seek: their ``wanted`` members are read in one pass and held until used.
+    Compressed tars cannot seek: their ``wanted`` members are read in the scan and held in memory
+    until used (prefer plain ``.tar`` sources: webdataset's own format). Remote member reads use an
+    uncached handle, so a read fetches that member's bytes only.
     """
 
     def __init__(self, url: str, wanted: set[str], storage_options: dict[str, Any]) -> None:
-        self.url, self.lock = url, threading.Lock()
-        self.file: BinaryIO = fsspec.open(url, "rb", **storage_options).open()
+        self.url, self.options, self.lock = url, storage_options, threading.Lock()
+        self.compressed = not url.lower().endswith(".tar")
         self.members: dict[str, tuple[int, int]] = {}
         self.held: dict[str, bytes] = {}
-        compressed = not url.lower().endswith(".tar")
-        with tarfile.open(fileobj=self.file, mode="r:*" if compressed else "r:") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                self.members[info.name] = (info.offset_data, info.size)
-                if compressed and info.name in wanted:
-                    member = tar.extractfile(info)
-                    assert member is not None
-                    self.held[info.name] = member.read()
-        if compressed:
-            self.file.close()
+        self.file: BinaryIO | None = None
+        with fsspec.open(url, "rb", **storage_options) as f:
+            with tarfile.open(fileobj=f, mode="r:*" if self.compressed else "r:") as tar:
+                for info in tar:
+                    if info.isfile():
+                        self.members[info.name] = (info.offset_data, info.size)
+                    if self.compressed and info.isfile() and info.name in wanted:
+                        member = tar.extractfile(info)
+                        assert member is not None
+                        self.held[info.name] = member.read()
 
     def read(self, member: str) -> bytes:
-        if member in self.held:
-            return self.held.pop(member)
-        if member not in self.members:
-            raise FileNotFoundError(f"member {member!r} not found in tar {self.url}")
-        offset, size = self.members[member]
         with self.lock:
+            if member in self.held:
+                return self.held.pop(member)
+            if member not in self.members:
+                raise FileNotFoundError(f"member {member!r} not found in tar {self.url}")
+            if self.compressed:
+                raise ValueError(
+                    f"member {member!r} of compressed tar {self.url} was not announced as wanted"
+                )
+            if self.file is None:  # (re)opened lazily: an evicted source may still be read
+                extra = {"cache_type": "none"} if "://" in self.url else {}
+                self.file = fsspec.open(self.url, "rb", **extra, **self.options).open()
+            offset, size = self.members[member]
             self.file.seek(offset)
-            return self.file.read(size)
+            return bytes(self.file.read(size))
 
     def close(self) -> None:
-        self.file.close()
+        with self.lock:
+            if self.file is not None:
+                self.file.close()
+                self.file = None
 
 
 class SourceReader:

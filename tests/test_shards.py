@@ -273,6 +273,12 @@ def test_tar_member_uris(tmp_path: Path, imagenette_dir: Path) -> None:
         assert len(reader.tars) == 2  # each tar opened (scanned) once
         with pytest.raises(FileNotFoundError, match="not found in tar"):
             reader.read(f"{tmp_path / 'plain.tar'}#d/missing.jpg")
+    plain = [u for u in uris if ".tar#" in u]
+    with SourceReader(plain, max_open=1) as reader:  # eviction: a closed source reopens on demand
+        source = reader._tar(str(tmp_path / "plain.tar"))
+        assert source.read(f"d/{files[1].name}") == files[1].read_bytes() and source.file is not None
+        reader._tar(str(tmp_path / "packed.tar.gz"))
+        assert source.file is None and source.read(f"d/{files[0].name}") == files[0].read_bytes()
 
 
 def test_pretrain_reader_opens_the_version(built) -> None:
