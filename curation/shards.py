@@ -194,6 +194,11 @@ def encode_image(data: bytes, reencode_max_side: int | None = None, jpeg_quality
         too_big = reencode_max_side is not None and max(width, height) > reencode_max_side
         if fmt in FORMAT_EXT and img.mode not in HIGH_BIT_MODES and not too_big:
             return EncodedImage(FORMAT_EXT[fmt], data, width, height, fmt, False)
+        if too_big and fmt in ("JPEG", "MPO"):
+            # DCT-domain downscale by 2/4/8 while decoding, never below twice the target: much less
+            # work for large photos; the LANCZOS resize after it still filters properly
+            scale = reencode_max_side / max(img.size)  # type: ignore[operator]
+            img.draft(None, (int(np.ceil(2 * img.width * scale)), int(np.ceil(2 * img.height * scale))))
         img.load()
         out = to_rgb(ImageOps.exif_transpose(img))
     if reencode_max_side is not None and max(out.size) > reencode_max_side:

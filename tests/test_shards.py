@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import webdataset as wds
-from PIL import Image
+from PIL import Image, ImageOps
 
 from curation.dataset_version import create_dataset_version, order_selection
 from curation.shards import (
@@ -216,6 +216,25 @@ def test_reencode_max_side_orientation_and_modes(tmp_path: Path, raw_photos: Pat
     w, h = rgb.size
     rotated = json.loads(by_uri[str(tmp_path / "rotated.jpg")]["json"])
     assert (rotated["width"] > rotated["height"]) == (h > w)  # EXIF orientation 6 swapped the sides
+
+
+def test_draft_reencode_matches_a_full_decode(raw_photos: Path) -> None:
+    """The DCT draft shortcut gives the image a full decode + LANCZOS resize gives (reference)."""
+    photo = max(raw_photos.iterdir(), key=lambda p: max(Image.open(p).size))
+    data = photo.read_bytes()
+    out = encode_image(data, reencode_max_side=200)
+    with Image.open(io.BytesIO(data)) as img:
+        full = ImageOps.exif_transpose(img).convert("RGB")
+    reference = full.resize((out.width, out.height), Image.Resampling.LANCZOS)
+    assert max(full.size) >= 1000 and max(out.width, out.height) == 200
+    buf = io.BytesIO()
+    reference.save(buf, "JPEG", quality=90)
+
+    def error(jpeg: bytes) -> float:
+        with Image.open(io.BytesIO(jpeg)) as img:
+            return float(np.abs(np.asarray(img, dtype=float) - np.asarray(reference, dtype=float)).mean())
+
+    assert error(out.data) < error(buf.getvalue()) + 1.0  # the draft adds < 1 grey level to JPEG's own loss
 
 
 def test_encode_image_rescales_16_bit_and_flattens_alpha() -> None:
