@@ -1,0 +1,51 @@
+"""The DINO head: size of the reference configuration, unit-norm prototypes, shapes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pretrain.heads import DINOHead
+
+
+def test_reference_head_size_matches_the_paper_numbers() -> None:
+    head = DINOHead(384, 65_536, hidden_dim=2048, bottleneck_dim=256, nlayers=3)
+    n = sum(p.numel() for p in head.parameters())
+    mlp = (384 * 2048 + 2048) + (2048 * 2048 + 2048) + (2048 * 256 + 256)
+    assert n == mlp + 65_536 * 256 + 65_536  # prototypes v and their (fixed) norms g
+    assert 22e6 <= n <= 25e6  # REFERENCE.md: a 65,536 x 256 head has about 22-25M parameters
+
+
+def test_logits_are_cosines_and_prototype_norms_stay_one_after_training() -> None:
+    torch.manual_seed(0)
+    head = DINOHead(32, 100, hidden_dim=64, bottleneck_dim=16)
+    g = head.last_layer.parametrizations.weight.original0
+    assert not g.requires_grad and torch.equal(g, torch.ones_like(g))
+    opt = torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=1.0)
+    for _ in range(3):
+        opt.zero_grad()
+        out = head(torch.randn(8, 32))
+        (-out.log_softmax(-1)[:, 0].mean()).backward()
+        opt.step()
+    assert out.shape == (8, 100)
+    assert out.abs().max() <= 1.0 + 1e-5
+    norms = head.last_layer.weight.norm(dim=1)  # the parametrised weight: g * v / ||v||
+    torch.testing.assert_close(norms, torch.ones(100))
+    assert head.last_layer.parametrizations.weight.original1.grad is not None
+    assert g.grad is None
+
+
+def test_init_and_variants() -> None:
+    head = DINOHead(16, 10, hidden_dim=32, bottleneck_dim=8, nlayers=1)
+    assert head.mlp.weight.std() < 0.05 and torch.all(head.mlp.bias == 0)  # trunc_normal(0.02), zero bias
+    bn = DINOHead(16, 10, hidden_dim=32, bottleneck_dim=8, nlayers=4, use_bn=True, mlp_bias=False)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in bn.modules()) == 3
+    assert all(m.bias is None for m in bn.mlp if isinstance(m, torch.nn.Linear))
+    assert bn(torch.randn(4, 16)).shape == (4, 10)
+    teacher = copy.deepcopy(bn)  # the trainer's EMA teacher is a deep copy
+    sd = teacher.state_dict()
+    assert "last_layer.parametrizations.weight.original1" in sd
+    with pytest.raises(ValueError, match="positive"):
+        DINOHead(16, 0)
