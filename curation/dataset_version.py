@@ -43,7 +43,14 @@ from curation.shards import (
     member_bytes,
 )
 from data_catalog.catalog import Catalog
-from data_catalog.datasets import DatasetRecord, register_dataset, validate_name, versions
+from data_catalog.datasets import (
+    DatasetRecord,
+    dataset_id,
+    parse_dataset_ref,
+    register_dataset,
+    validate_name,
+    versions,
+)
 from data_catalog.images import Reason, accepted
 
 STALE_TEMP_S = 24 * 3600  # temp folders older than this are left-overs of killed writes
@@ -253,6 +260,61 @@ def _selection_and_version(catalog: Catalog, selection: pa.Table | None) -> tupl
     return table.filter(pc.is_valid(table.column("image_id"))), images_version
 
 
+def _options(config: dict[str, Any] | None, selection: pa.Table | None, **opts: Any) -> dict[str, Any]:
+    """The resolved config saved with the version (never credentials: it is written beside the shards)."""
+    if opts["errors"] not in ERROR_MODES:
+        raise ValueError(f"errors={opts['errors']!r}: choose one of {ERROR_MODES}")
+    if opts["shard_max_bytes"] < 1 or (opts["shard_max_samples"] or 1) < 1:
+        raise ValueError("shard_max_bytes and shard_max_samples must be positive")
+    chosen = "accepted" if selection is None else f"custom ({selection.num_rows} rows)"
+    return {**opts, "selection": chosen, "stage": config or {}}
+
+
+def _parent_ids(parents: Sequence[str]) -> list[str]:
+    """Parents as ``NAME:vN`` (``NAME:3`` accepted); a parent must name its version."""
+    out = []
+    for ref in parents:
+        parent, version = parse_dataset_ref(ref)
+        if version is None:
+            raise ValueError(f"parent {ref!r} must name a version: NAME:vN")
+        out.append(dataset_id(parent, version))
+    return out
+
+
+def _write_version(
+    catalog: Catalog,
+    name: str,
+    version: int,
+    ordered: pa.Table,
+    meta: dict[str, Any],
+    progress: Progress | None,
+    storage_options: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Shards + index into a temp folder, then moved to ``vN``; the temp folder is removed on failure.
+    Returns the index."""  # fmt: skip
+    prefix, opts = f"{name}-v{version}", meta["config"]
+    fs, root = catalog.filesystem(), catalog.uri("datasets", name)
+    tmp = posixpath.join(root, f".tmp-v{version}-{uuid.uuid4().hex[:12]}")
+    fs.makedirs(tmp, exist_ok=True)
+    try:
+        shards, skipped = write_shards(catalog, ordered, tmp, prefix, opts, progress, storage_options)
+        if not shards:
+            raise ValueError(f"dataset {name!r}: every one of {ordered.num_rows} samples was skipped")
+        index = {
+            "name": name, "version": version, "num_samples": sum(s["num_samples"] for s in shards),
+            "num_shards": len(shards), "total_bytes": sum(s["bytes"] for s in shards), "shards": shards,
+            "brace_pattern": brace_pattern(prefix, len(shards)), "created_at": datetime.now(UTC).isoformat(),
+            "sample_key": "image_id", **meta, "skipped": skipped,
+        }  # fmt: skip
+        _write_json(catalog, posixpath.join(tmp, f"{prefix}.index.json"), index)
+        _publish(catalog, tmp, posixpath.join(root, f"v{version}"))
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+        raise
+    return index
+
+
 def create_dataset_version(
     catalog: Catalog,
     name: str,
@@ -276,65 +338,41 @@ def create_dataset_version(
     version ``NAME:vN`` (next N) and return its committed record.
 
     ``selection`` needs ``image_id`` and ``uri``; its other columns (``cluster_id``, ...) go into each
-    sample's json. ``errors``: ``"raise"`` stops at the first unreadable/undecodable sample (no
-    version), ``"skip"`` leaves it out and lists it under ``"skipped"`` in the index.
-    ``progress(done, total)`` is called after each sample. ``workers`` threads read and encode;
-    ``storage_options`` (credentials, endpoints) are used to read remote source images.
+    sample's json. ``parents`` are ``NAME:vN`` lineage references; ``config`` (the calling stage's
+    settings) is saved under ``"stage"`` in the record's config. ``errors``: ``"raise"`` stops at the
+    first unreadable/undecodable sample (no version), ``"skip"`` leaves it out and lists it under
+    ``"skipped"`` in the index with a ``read_error``/``decode_error`` reason. ``progress(done, total)``
+    is called every ~0.1 % of the samples. ``workers`` threads read and encode; ``storage_options``
+    (credentials, endpoints) are used to read remote source images and are not saved.
     """
     validate_name(name)
-    if errors not in ERROR_MODES:
-        raise ValueError(f"errors={errors!r}: choose one of {ERROR_MODES}")
-    if shard_max_bytes < 1 or (shard_max_samples is not None and shard_max_samples < 1):
-        raise ValueError("shard_max_bytes and shard_max_samples must be positive")
+    opts = _options(
+        config, selection, max_samples=max_samples, seed=seed, shard_max_bytes=shard_max_bytes,
+        shard_max_samples=shard_max_samples, reencode_max_side=reencode_max_side, jpeg_quality=jpeg_quality,
+        errors=errors, workers=workers,
+    )  # fmt: skip
+    parent_ids = _parent_ids(parents)
     table, images_version = _selection_and_version(catalog, selection)
     ordered, merged = order_selection(table, max_samples, seed)
     if ordered.num_rows == 0:
         raise ValueError(f"nothing to write for dataset {name!r}: the selection is empty")
-    opts = {
-        "max_samples": max_samples,
-        "seed": seed,
-        "shard_max_bytes": shard_max_bytes,
-        "shard_max_samples": shard_max_samples,
-        "reencode_max_side": reencode_max_side,
-        "jpeg_quality": jpeg_quality,
-        "errors": errors,
-        "workers": workers,
-        "selection": "accepted" if selection is None else f"custom ({selection.num_rows} rows)",
-        "stage": config or {},
-    }  # fmt: skip  (no storage_options here: this is saved beside the shards)
     clean_stale_temp(catalog, name)
     version = next_version(catalog, name)
-    prefix = f"{name}-v{version}"
-    fs, root = catalog.filesystem(), catalog.uri("datasets", name)
-    tmp, final = (
-        posixpath.join(root, f".tmp-v{version}-{uuid.uuid4().hex[:12]}"),
-        posixpath.join(root, f"v{version}"),
-    )
-    fs.makedirs(tmp, exist_ok=True)
-    try:
-        shards, skipped = write_shards(catalog, ordered, tmp, prefix, opts, progress, storage_options)
-        if not shards:
-            raise ValueError(f"dataset {name!r}: every one of {ordered.num_rows} samples was skipped")
-        created = datetime.now(UTC)
-        index = {
-            "name": name, "version": version, "num_samples": sum(s["num_samples"] for s in shards),
-            "num_shards": len(shards), "total_bytes": sum(s["bytes"] for s in shards), "shards": shards,
-            "brace_pattern": brace_pattern(prefix, len(shards)), "created_at": created.isoformat(),
-            "sample_key": "image_id", "images_table_version": images_version, "parents": list(parents),
-            "config": opts, "duplicate_ids_merged": merged, "skipped": skipped,
-        }  # fmt: skip
-        _write_json(catalog, posixpath.join(tmp, f"{prefix}.index.json"), index)
-        _publish(catalog, tmp, final)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
-        raise
+    meta = {
+        "images_table_version": images_version,
+        "parents": parent_ids,
+        "config": opts,
+        "duplicate_ids_merged": merged,
+    }
+    index = _write_version(catalog, name, version, ordered, meta, progress, storage_options)
+    shards_uri = catalog.uri("datasets", name, f"v{version}")
     record = DatasetRecord(
-        name=name, version=version, created_at=created, num_samples=index["num_samples"],
-        num_shards=len(shards), total_bytes=index["total_bytes"], shards_uri=final,
-        shard_pattern=index["brace_pattern"], index_uri=posixpath.join(final, f"{prefix}.index.json"),
+        name=name, version=version, created_at=datetime.fromisoformat(index["created_at"]),
+        num_samples=index["num_samples"], num_shards=index["num_shards"], total_bytes=index["total_bytes"],
+        shards_uri=shards_uri, shard_pattern=index["brace_pattern"],
+        index_uri=posixpath.join(shards_uri, f"{name}-v{version}.index.json"),
         config_json=json.dumps(opts, sort_keys=True, default=str), images_table_version=images_version,
-        parents=list(parents), run_id=run_id,
+        parents=parent_ids, run_id=run_id,
     )  # fmt: skip
-    register_dataset(catalog, record)
+    register_dataset(catalog, record)  # LAST: the version becomes visible with this commit
     return record

@@ -67,7 +67,9 @@ def test_versions_increment_with_lineage_and_old_versions_stay(
     assert (v1.version, v1.dataset_id, v1.images_table_version) == (1, "curated:v1", 0)
     assert v1.num_samples == accepted(catalog, columns=["uri"]).num_rows == 30
     images_v = ingest(catalog, sorted(imagenette_dir.rglob("*.JPEG"))[30:40], "ingest-2")
-    v2 = create_dataset_version(catalog, "curated", parents=["curated:v1"], run_id="run-b")
+    with pytest.raises(ValueError, match="must name a version"):
+        create_dataset_version(catalog, "curated", parents=["curated"])
+    v2 = create_dataset_version(catalog, "curated", parents=["curated:1"], run_id="run-b")
     assert (v2.version, v2.images_table_version, v2.num_samples, v2.parents) == (
         2,
         images_v,
