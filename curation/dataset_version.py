@@ -105,7 +105,9 @@ def clean_stale_temp(catalog: Catalog, name: str, older_than_s: float = STALE_TE
         if not posixpath.basename(path).startswith(".tmp-"):
             continue
         mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
-        stamp = mtime.timestamp() if isinstance(mtime, datetime) else float(mtime or 0)
+        if mtime is None:  # object stores keep no folder times: never guess a live writer is dead
+            continue
+        stamp = mtime.timestamp() if isinstance(mtime, datetime) else float(mtime)
         if time.time() - stamp >= older_than_s:
             fs.rm(path, recursive=True)
             removed.append(path)
