@@ -75,7 +75,8 @@ def cpu_run(index: Path, out: Path, nproc: int, steps: int, overrides: list[str]
         ]
     else:
         cmd = [sys.executable, "-m", "pretrain.train", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+    # the trainer picks its threads (cores per process minus loader workers; torchrun sets 1)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     timed = rows[1:] or rows  # the first window holds start-up (workers, first batch)

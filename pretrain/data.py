@@ -227,9 +227,8 @@ def open_dataset(catalog: str | None, dataset: str) -> tuple[list[Shard], dict[s
         raise ValueError(
             f"--dataset {dataset!r} names a catalog dataset: pass --catalog (or an index .json path)"
         )
-    from data_catalog.datasets import get_dataset
-
     from data_catalog.catalog import Catalog
+    from data_catalog.datasets import get_dataset
 
     name, version = parse_dataset_ref(dataset)
     record = get_dataset(Catalog(catalog), name, version)
@@ -273,6 +272,8 @@ def build_transform_and_collate(config: Any, phase: str) -> tuple[Callable, Call
         local_crops_number=c.local_number,
         global_crops_size=global_size,
         local_crops_size=local_size,
+        blur_p=(c.global1_blur, c.global2_blur, c.local_blur),
+        solarize_p=c.global2_solarize,
     )
     grid = global_size // config.model.patch_size
     collate = partial(

@@ -72,12 +72,6 @@ class Student(nn.Module):
         }
 
 
-def swap_global_halves(x: Tensor, n_global: int = 2) -> Tensor:
-    """[G*B, ...] ordered crop 0, crop 1 -> crop 1, crop 0: each student crop meets the other view."""
-    chunks = x.chunk(n_global)
-    return torch.cat(chunks[::-1])
-
-
 class SSLModel(nn.Module):
     """Student, teacher and the three losses (whose centers are part of the state dict)."""
 
@@ -102,7 +96,7 @@ class SSLModel(nn.Module):
 
     @torch.no_grad()
     def teacher_targets(self, batch: dict[str, Any], teacher_temp: float) -> tuple[Tensor, Tensor]:
-        """Teacher probabilities: DINO [G*B, K] (views swapped), iBOT [M, K'] (fp32, centered)."""
+        """Teacher probabilities: DINO [G*B, K] (crop-major), iBOT [M, K'] (fp32, centered or Sinkhorn)."""
         out = self.teacher(batch["collated_global_crops"], None, None, batch["mask_indices_list"])
         reshard = getattr(self.teacher, "reshard", None)
         if reshard is not None:  # FSDP2 keeps a root unsharded after forward; no backward here
@@ -116,7 +110,7 @@ class SSLModel(nn.Module):
         if centering == "softmax":
             dino_loss.update_center(dino_logits)
             ibot_loss.update_center(ibot_logits)
-        return swap_global_halves(dino_probs), ibot_probs
+        return dino_probs, ibot_probs
 
     def losses(
         self, batch: dict[str, Any], teacher_temp: float, student: Callable[..., dict] | None = None
@@ -133,19 +127,13 @@ class SSLModel(nn.Module):
             batch["mask_indices_list"],
         )
 
-        # DINO: each global crop against the other teacher view (1 call = mean of 2 terms, x2 -> sum),
-        # each local crop against both teacher views; averaged over all 2 + 2 x n_local terms.
-        teacher_views = list(teacher_dino.chunk(n_global))
-        global_term = self.dino_loss([out["dino_global"].float()], [teacher_dino]) * n_global
-        n_terms = n_global * (n_global - 1)
-        dino = global_term
+        # DINO: every student crop (globals first, then locals; [B, K] each) against every teacher
+        # global view but its own: the mean of 2 + 2 x n_local cross-entropy terms.
+        batch_size = teacher_dino.shape[0] // n_global
+        student_crops = list(out["dino_global"].float().split(batch_size))
         if out["dino_local"] is not None:
-            locals_ = list(
-                out["dino_local"].float().chunk(out["dino_local"].shape[0] // teacher_views[0].shape[0])
-            )
-            dino = dino + self.dino_loss(locals_, teacher_views)
-            n_terms += n_global * len(locals_)
-        dino = dino / n_terms
+            student_crops += list(out["dino_local"].float().split(batch_size))
+        dino = self.dino_loss(student_crops, list(teacher_dino.split(batch_size)))
 
         ibot_loss: Any = self.ibot_loss
         ibot = ibot_loss.forward_masked(

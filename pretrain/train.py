@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"train.checkpoint_every={args.checkpoint_every}")
     config = load_config(args.config, overrides)
     info = D.init()
+    if info.device.type == "cpu":
+        D.set_cpu_threads(info.world_size, config.train.num_workers)
     run_dir = Path(args.output_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

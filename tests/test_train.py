@@ -33,7 +33,7 @@ def run_train(
     cmd = [sys.executable, "-m", "pretrain.train", "--config", "demo", *args, "--output-dir", str(out)]
     for item in overrides:
         cmd += ["--set", item]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
