@@ -4,7 +4,7 @@ Each filter returns ``None`` (passes) or ``(reason, detail)``; ``apply_filters``
 ``FILTER_ORDER`` and reports the first failure, so every rejected image has exactly one reason.
 
 Defaults (``FilterConfig``), measured on the 500 shared raw photos (``raw-photos/images``) and on
-generated 640x480 JPEGs, all statistics on the default 64 px-short-side luma thumbnail:
+generated 640x480 JPEGs, all statistics on the default 128 px-short-side luma thumbnail:
 
 ==================  ==========  ==============================================================
 threshold           default     why
@@ -13,14 +13,14 @@ min_side            64 px       raw photos' shortest side is 68 px (1st percenti
                                 px are icons/thumbnails. CIFAR (32 px) needs ``min_side: 32``.
 max_aspect_ratio    4.0         raw photos reach 2.66 (99th percentile 2.0); 4:1 and beyond are
                                 banners/strips that a square crop mostly discards.
-min_luma_std        8.0         raw photos: min 15.1, 1st percentile 21.0. Blank (0.0), uniform +
-                                noise sigma <= 10 (<= 1.0 after thumbnailing averages it away) and
-                                a 15-level gradient (4.3) fall below; a 40-level gradient (11.5)
-                                passes.
-min_sharpness       None (off)  raw photos: min 81, 1st percentile 142; smooth gradients < 1,
-                                uniform + noise sigma 5: 5. A value of ~20 catches those. Depends
-                                on ``thumbnail_size`` (at 128 px photos read ~0.7x these values),
-                                and draft-decoded thumbnails read ~11% (median) higher than
+min_luma_std        8.0         raw photos: min 15.6, 1st percentile 22.6. Blank (0.0), uniform +
+                                noise sigma <= 5 (<= 1.0 after thumbnailing averages it away;
+                                sigma 10: 1.8) and a 15-level gradient (4.3) fall below; a
+                                40-level gradient (11.5) passes.
+min_sharpness       None (off)  raw photos: min 57, 1st percentile 92; smooth gradients < 1,
+                                uniform + noise sigma 5: 13. A value of ~20 catches those. Depends
+                                on ``thumbnail_size`` (at 64 px photos read ~1.4x higher), and
+                                draft-decoded thumbnails read ~11% (median) higher than
                                 full-decode ones, so keep thresholds loose.
 min_mean_luma       None (off)  raw photos: min 17.4, 1st percentile 40.5.
 ==================  ==========  ==============================================================

@@ -209,9 +209,21 @@ def test_pixel_cap_checked_from_header(tmp_path: Path, monkeypatch: pytest.Monke
     assert (rec.width, rec.height) == (5000, 4000) and "20000000" in (rec.detail or "")
 
 
-def test_compute_phash_matches_imagehash() -> None:
+def test_compute_phash_matches_imagehash(imagededup_testdata: Path) -> None:
+    """Reference equivalence: bit-identical to imagehash.phash on real images in their own modes
+    (RGB, RGBA, L, 1, P) and on their thumbnails."""
     img = Image.fromarray(_photo())
     assert compute_phash(img) == str(imagehash.phash(img)) and len(compute_phash(img)) == 16
+    checked = 0
+    for path in sorted(imagededup_testdata.rglob("*.*")):
+        if "corrupt" in path.name or path.name == "LICENSE":
+            continue
+        with Image.open(path) as im:
+            thumb = make_thumbnail(im, 128)
+            for candidate in (im, thumb):
+                assert compute_phash(candidate) == str(imagehash.phash(candidate)), path.name
+                checked += 1
+    assert checked >= 60
 
 
 def test_luma_stats_on_uniform_and_checkerboard() -> None:
@@ -241,8 +253,8 @@ def test_imagededup_testdata_all_accounted(imagededup_testdata: Path) -> None:
 
 
 def test_draft_decoding_agrees_with_full_decoding(raw_photos: Path) -> None:
-    """Measured on all 500 raw photos (64 px thumbnail): identical filter decisions under default
-    and tightened thresholds; luma std within 3.6%; pHash median 0 bits, 99.8% <= 4, max 10."""
+    """Measured on all 500 raw photos (128 px thumbnail): identical filter decisions under default
+    and tightened thresholds; luma std within 1.8%; pHash median 0 bits, max 4."""
     paths = sorted(raw_photos.iterdir())
     tight = FilterConfig(min_side=200, min_luma_std=30, min_mean_luma=60)
     hamming, luma_diff = [], []
@@ -261,5 +273,5 @@ def test_draft_decoding_agrees_with_full_decoding(raw_photos: Path) -> None:
         hamming.append(bin(int(fast.phash or "0", 16) ^ int(full.phash or "0", 16)).count("1"))
         luma_diff.append(abs((fast.luma_std or 0) - (full.luma_std or 0)) / (full.luma_std or 1))
     assert len(paths) == 500
-    assert float(np.median(hamming)) == 0 and np.mean(np.array(hamming) <= 4) >= 0.99
-    assert max(hamming) <= 12 and max(luma_diff) < 0.05
+    assert float(np.median(hamming)) == 0 and max(hamming) <= 6
+    assert max(luma_diff) < 0.05
