@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from flows.cli_dataset import dataset_app
+from flows.cli_model import model_app
 
 app = typer.Typer(
     help="dinoflow: curate a pile of images and pretrain DINOv2 on it, as one Prefect DAG.",
@@ -122,15 +126,13 @@ def catalog_export(
     typer.echo(f"wrote {rows} rows of {table} to {out}")
 
 
-def _mount_subcommands() -> None:
-    from flows.cli_dataset import dataset_app
-    from flows.cli_model import model_app
-
-    app.add_typer(model_app, name="model")
-    app.add_typer(dataset_app, name="dataset")
+app.add_typer(model_app, name="model")
+app.add_typer(dataset_app, name="dataset")
 
 
-try:
-    _mount_subcommands()
-except ImportError:  # pragma: no cover - during development before the sub-apps exist
-    pass
+def main() -> None:
+    """Console entry point. For ephemeral Prefect runs: no telemetry, and a startup timeout that a
+    loaded machine meets (Prefect's 20 s default is not, on a fresh home); a user's setting wins."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    app()
