@@ -275,3 +275,31 @@ def test_draft_decoding_agrees_with_full_decoding(raw_photos: Path) -> None:
     assert len(paths) == 500
     assert float(np.median(hamming)) == 0 and max(hamming) <= 6
     assert max(luma_diff) < 0.05
+
+
+def test_cifar_sized_image_needs_lower_min_side(tmp_path: Path) -> None:
+    path = tmp_path / "cifar.jpg"
+    path.write_bytes(_encode(Image.fromarray(_photo((32, 32), seed=3)), "JPEG", quality=75))
+    rec = _decode(path)
+    assert rec.reason is None and (rec.width, rec.height) == (32, 32)
+    assert (apply_filters(rec, FilterConfig()) or (None,))[0] == Reason.TOO_SMALL
+    assert apply_filters(rec, FilterConfig(min_side=32)) is None
+
+
+def test_filters_order_and_optional_thresholds() -> None:
+    from curation.decode import ImageRecord
+
+    def rec(w: int = 400, h: int = 300, std: float = 40.0, sharp: float = 100.0, mean: float = 100.0):
+        return ImageRecord("u", width=w, height=h, luma_std=std, sharpness=sharp, mean_luma=mean)
+
+    cfg = FilterConfig()
+    assert apply_filters(rec(), cfg) is None
+    assert apply_filters(rec(w=40, h=400), cfg)[0] == Reason.TOO_SMALL  # type: ignore[index]  # first wins
+    assert apply_filters(rec(w=1000, h=200), cfg)[0] == Reason.ASPECT_RATIO  # type: ignore[index]
+    assert apply_filters(rec(std=2.0), cfg)[0] == Reason.LOW_INFORMATION  # type: ignore[index]
+    assert apply_filters(rec(sharp=1.0, mean=5.0), cfg) is None  # blur and darkness are off by default
+    on = FilterConfig(min_sharpness=20, min_mean_luma=30)
+    assert apply_filters(rec(sharp=1.0), on)[0] == Reason.TOO_BLURRY  # type: ignore[index]
+    assert apply_filters(rec(mean=5.0), on)[0] == Reason.TOO_DARK  # type: ignore[index]
+    with pytest.raises(ValueError):
+        apply_filters(ImageRecord("u", reason=Reason.DECODE_ERROR), cfg)
