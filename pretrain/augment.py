@@ -117,23 +117,22 @@ def adjust_saturation(x: Tensor, f: Tensor) -> Tensor:
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     """Rotate the HSV hue by ``shift`` (fraction of a turn) per image; value and saturation kept.
 
-    Hue from RGB as torchvision/PIL; back to RGB with the closed form
-    c_n = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + 6 H) mod 6, n = 5, 3, 1 for R, G, B
-    (C = max - min is unchanged by a hue rotation).
+    Hue in sextants H6 in [0, 6) from RGB as torchvision/PIL; back to RGB with the closed form
+    c = min + C * s(H6), C = max - min (unchanged by a hue rotation), s_R = clamp(|H6 - 3| - 1),
+    s_G = clamp(2 - |H6 - 2|), s_B = clamp(2 - |H6 - 4|) on [0, 1]: no per-sextant branches.
     """
     r, g, b = x.unbind(dim=1)
     maxc, minc = x.amax(dim=1), x.amin(dim=1)
     chroma = maxc - minc
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    inv = 1.0 / chroma.clamp_min(1e-12)  # gray pixels: numerators are 0, hue 0, output = value
     h = torch.where(
-        maxc == r, (g - b) / safe, torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)
+        maxc == r, (g - b) * inv, torch.where(maxc == g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv)
     )
-    h6 = torch.remainder(h + 6.0 * shift.view(-1, 1, 1), 6.0)  # hue in sextants, shifted
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = torch.remainder(h6 + n, 6.0)
-        out.append(maxc - chroma * torch.minimum(k, 4.0 - k).clamp_(0, 1))
-    return torch.stack(out, dim=1)
+    h6 = torch.remainder(h + 6.0 * shift.view(-1, 1, 1), 6.0)
+    s_r = ((h6 - 3.0).abs_() - 1.0).clamp_(0, 1)
+    s_g = (2.0 - (h6 - 2.0).abs_()).clamp_(0, 1)
+    s_b = (2.0 - (h6 - 4.0).abs_()).clamp_(0, 1)
+    return torch.stack([torch.addcmul(minc, chroma, s) for s in (s_r, s_g, s_b)], dim=1)
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int = 9) -> Tensor:
@@ -150,6 +149,15 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int = 9) -> Tensor:
     taps = (k / k.sum(dim=1, keepdim=True)).T.reshape(kernel_size, b, 1, 1, 1)
     pad = kernel_size // 2
     xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    if b == 1 and x.device.type == "cpu":  # one image: scalar taps, fused multiply-adds, no temporaries
+        w = taps.flatten().tolist()
+        rows = xp[..., 0:wid] * w[0]
+        for j in range(1, kernel_size):
+            rows.add_(xp[..., j : j + wid], alpha=w[j])
+        out = rows[..., 0:hgt, :] * w[0]
+        for j in range(1, kernel_size):
+            out.add_(rows[..., j : j + hgt, :], alpha=w[j])
+        return out
     rows = xp[..., 0:wid] * taps[0]  # horizontal pass, on the padded rows too
     for j in range(1, kernel_size):
         rows.add_(xp[..., j : j + wid] * taps[j])

@@ -48,6 +48,9 @@ def test_dino_loss_matches_the_pair_loop_with_18_terms() -> None:
     assert n_terms == 18
     got = DINOLoss(k, student_temp=0.1)(student, teacher)
     assert abs(got.item() - want) < 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the reduction stays in fp32 under autocast
+        amp = DINOLoss(k)([x.float() for x in student], [x.float() for x in teacher])
+    assert amp.dtype == torch.float32 and abs(amp.item() - want) < 1e-5
     with pytest.raises(ValueError, match="no \\(student, teacher\\) pair"):
         dino_loss([student[0]], [teacher[0]])
 
@@ -65,6 +68,7 @@ def test_softmax_centering_and_center_update() -> None:
     loss = DINOLoss(5, center_momentum=0.9)
     loss.update_center(logits)
     torch.testing.assert_close(loss.center, 0.1 * logits.mean(0, keepdim=True))
+    torch.testing.assert_close(update_center(center, logits[:0], 0.9), center)  # no rows: unchanged
     assert "center" in loss.state_dict()
 
 

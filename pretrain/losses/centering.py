@@ -54,9 +54,8 @@ def update_center(center: Tensor, teacher_logits: Tensor, momentum: float) -> Te
     count = torch.tensor([float(logits.shape[0])], device=logits.device)
     _all_reduce(total)
     _all_reduce(count)
-    if count.item() == 0:
-        return center.clone()
-    return center * momentum + (total / count) * (1.0 - momentum)
+    ema = center * momentum + (total / count.clamp_min(1.0)) * (1.0 - momentum)
+    return torch.where(count > 0, ema, center)  # no host sync on accelerators
 
 
 @torch.no_grad()
@@ -66,7 +65,8 @@ def sinkhorn_knopp(teacher_logits: Tensor, temp: float, n_iterations: int = 3) -
     Q = exp(logits / temp), then alternately each prototype's column gets total mass 1/K and each
     row mass 1/B (B = global row count), finally scaled by B so rows are distributions. The
     global max logit is subtracted first: exp cannot overflow, and the result is unchanged because
-    Q is normalised by its total. Columns are summed over all processes (all_reduce).
+    Q is normalised by its total. Columns are summed over all processes (all_reduce). Every row
+    must be real: pass only the masked patches, not a padded buffer (B counts the rows).
     """
     logits = teacher_logits.float()
     n_rows, k = logits.shape

@@ -29,9 +29,11 @@ def dino_cross_entropy(
     t = torch.stack([x.float() for x in teacher_probs])  # [T, B, K]
     if s.shape[1:] != t.shape[1:]:
         raise ValueError(f"student crops {tuple(s.shape[1:])} and teacher crops {tuple(t.shape[1:])} differ")
-    log_p = F.log_softmax(s / student_temp, dim=-1)
-    # sum over batch and prototypes of t * log_p for every (s, t) pair
-    cross = torch.einsum("sbk,tbk->st", log_p, t)
+    # autocast would run the contraction over B x K in bf16/fp16: keep the heads' reduction in fp32
+    with torch.autocast(device_type=s.device.type, enabled=False):
+        log_p = F.log_softmax(s / student_temp, dim=-1)
+        # sum over batch and prototypes of t * log_p for every (s, t) pair
+        cross = torch.einsum("sbk,tbk->st", log_p, t)
     return -cross / s.shape[1]
 
 
