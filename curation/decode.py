@@ -198,11 +198,12 @@ def make_thumbnail(img: Image.Image, size: int, orientation: int = 1) -> Image.I
 
 
 def _mean_std(x: np.ndarray) -> tuple[float, float]:
-    """Mean and population std of a float64 array from two sums (numpy's var is slow on
-    small arrays); float64 keeps E[x^2] - E[x]^2 exact to ~1e-11 for 8-bit values."""
+    """Mean and population std from two float64-accumulated sums (numpy's var is slow on small
+    arrays). ``x`` holds integers below 2**12 in float32, so x*x is exact and E[x^2] - E[x]^2
+    is exact to ~1e-11."""
     flat = x.ravel()
-    mean = float(flat.sum()) / flat.size
-    var = float((flat * flat).sum()) / flat.size - mean * mean  # not np.dot: BLAS threads
+    mean = float(flat.sum(dtype=np.float64)) / flat.size
+    var = float(np.square(flat).sum(dtype=np.float64)) / flat.size - mean * mean
     return mean, max(var, 0.0) ** 0.5
 
 
@@ -212,7 +213,7 @@ def luma_stats(thumb: Image.Image) -> tuple[float, float, float]:
     Sharpness is the "variance of Laplacian" focus measure (Pech-Pacheco et al., ICPR 2000),
     the 3x3 kernel [[0,1,0],[1,-4,1],[0,1,0]] over the valid region.
     """
-    gray = np.asarray(thumb if thumb.mode == "L" else thumb.convert("L"), dtype=np.float64)
+    gray = np.asarray(thumb if thumb.mode == "L" else thumb.convert("L"), dtype=np.float32)
     mean, std = _mean_std(gray)
     if min(gray.shape) < 3:
         return mean, std, 0.0
