@@ -173,7 +173,8 @@ def main() -> None:
     lines = [
         "# Multi-crop augmentation throughput (one CPU thread)",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine()}; load average at start {os.getloadavg()[0]:.1f} (other processes share "
+        "the cores: absolute rates vary between runs, the alternating-round ratio is the figure).",
         f"{len(imgs)} raw photos (decoded in memory, widths {min(i.size[0] for i in imgs)}-"
         f"{max(i.size[0] for i in imgs)} px), median of {args.rounds} alternating rounds; "
         "baseline: per-sample torchvision v1 PIL transforms with PIL ImageFilter blur.",
@@ -186,8 +187,9 @@ def main() -> None:
     for sizes in ((224, 98, 8), (64, 28, 8)):
         lines.append(bench_cpu(imgs, args.rounds, sizes))
         print(lines[-1], flush=True)
-    lines += ["", *bench_gpu(args.gpu_batch, 10)]
-    print("\n".join(lines[-6:]))
+    gpu = bench_gpu(args.gpu_batch, 10)
+    lines += ["", *gpu]
+    print("\n" + "\n".join(gpu))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")

@@ -12,10 +12,12 @@ first global crop and blurs the second 90% of the time; pass ``blur_p=(0.0, 0.9,
 
 How it runs: crops are cut and resized on uint8 (torchvision v2 ``resized_crop``, bicubic with
 antialiasing, the native uint8 kernel), then the crops of one size are stacked and the photometric
-chain runs once on the stack with per-crop random parameters (:class:`BatchedPhotometric`), in
-float32 without re-quantising between operations. The same module applies to a whole [B, 3, H, W]
+chain (:class:`BatchedPhotometric`) runs on the stack with per-crop random parameters, in float32
+without re-quantising between operations: crop by crop on CPU for crops of 72 px and more, one
+batched op over the selected crops otherwise. The same module applies to a whole [B, 3, H, W]
 batch on a GPU (build ``MultiCropAugmentation(..., photometric_on_device=True)``: it then returns
-uint8 flipped crops, and the trainer calls its ``photometric`` on the collated batch).
+uint8 flipped crops, and the trainer calls its ``photometric_batch`` on the collated batch). The
+GPU path is optional and not wired into the trainer: on CPU workers the per-image chain suffices.
 
 Randomness: every draw comes from ``generator`` (a CPU ``torch.Generator``) when one is passed,
 else from torch's global RNG, so ``torch.manual_seed(s)`` before a call fixes its output.
@@ -300,8 +302,8 @@ class MultiCropAugmentation:
     (first global, second global, each local), the paper's (1.0, 0.1, 0.5) by default (see the
     module docstring for the reference's inverted ones); ``solarize_p`` applies to the second
     global crop only. Outputs are float32, normalised by ``mean``/``std``; with
-    ``photometric_on_device=True`` they are the flipped uint8 crops and ``self.photometric`` must
-    run on the batch (``global_photometric_p`` / ``local_photometric_p`` give its probabilities).
+    ``photometric_on_device=True`` they are the flipped uint8 crops, and the trainer runs
+    :meth:`photometric_batch` on the collated batch once it is on the device.
     """
 
     n_global = 2
@@ -372,3 +374,16 @@ class MultiCropAugmentation:
             if self.local_crops_number:
                 loc = self.photometric(loc, generator=generator, **self.local_photometric_p)
         return {"global_crops": list(g.unbind(0)), "local_crops": list(loc.unbind(0))}
+
+    def photometric_batch(
+        self, global_crops: Tensor, local_crops: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The deferred photometric chain on collated uint8 crops (any device), crop-major as
+        :func:`pretrain.collate.collate_data_and_cast` stacks them: ``global_crops`` [2 * B, 3, G, G]
+        (every image's first crop, then every second), ``local_crops`` [L * B, 3, l, l]."""
+        b = global_crops.shape[0] // self.n_global
+        per_crop = {k: v.repeat_interleave(b) for k, v in self.global_photometric_p.items()}
+        g = self.photometric(global_crops, generator=generator, **per_crop)
+        if local_crops.numel() == 0:
+            return g, local_crops.float()
+        return g, self.photometric(local_crops, generator=generator, **self.local_photometric_p)

@@ -165,13 +165,25 @@ def test_blur_and_solarize_probabilities_are_the_papers() -> None:
 
 def test_photometric_on_device_mode_defers_the_colour_ops(photos: list[Image.Image]) -> None:
     aug = MultiCropAugmentation(
-        local_crops_number=2, global_crops_size=32, local_crops_size=16, photometric_on_device=True
+        local_crops_number=2,
+        global_crops_size=32,
+        local_crops_size=16,
+        color_jitter_p=0.0,
+        grayscale_p=0.0,
+        blur_p=(1.0, 0.0, 0.0),
+        solarize_p=0.0,
+        photometric_on_device=True,
     )
-    out = aug(photos[0])
-    assert out["global_crops"][0].dtype == torch.uint8
-    batch = torch.stack(out["global_crops"])
-    done = aug.photometric(batch, **aug.global_photometric_p)
-    assert done.dtype == torch.float32 and done.shape == (2, 3, 32, 32)
+    samples = [aug(img) for img in photos[:3]]
+    assert samples[0]["global_crops"][0].dtype == torch.uint8
+    g = torch.stack([s["global_crops"][c] for c in range(2) for s in samples])  # crop-major, as collate
+    loc = torch.stack([s["local_crops"][c] for c in range(2) for s in samples])
+    out_g, out_l = aug.photometric_batch(g, loc)
+    assert out_g.shape == (6, 3, 32, 32) and out_l.shape == (6, 3, 16, 16)
+    plain = (g.float() / 255 - MEAN) / STD
+    changed = [not torch.allclose(out_g[i], plain[i], atol=1e-5) for i in range(6)]
+    assert changed == [True] * 3 + [False] * 3  # only every image's first global crop is blurred
+    torch.testing.assert_close(out_l, (loc.float() / 255 - MEAN) / STD)
 
 
 @pytest.mark.gpu
