@@ -1,0 +1,322 @@
+"""Exact (same bytes) and perceptual (pHash) duplicate groups over the accepted images.
+
+Two accepted rows are linked when they have the same ``image_id`` (sha256 of the bytes: an
+exact duplicate) or when their 64-bit pHashes are within ``radius`` bits (Hamming distance, see
+``curation.binary_index``). Groups are the connected components of these links, so a chain
+``a ~ b ~ c`` is one group even when ``a`` and ``c`` are further apart than ``radius``. Every group
+keeps ONE member, the highest resolution (width * height), then the larger file, then the
+smallest uri; every other member becomes ``duplicate`` pointing at the keeper (``dup_of`` =
+keeper's image_id, ``dup_of_uri`` = keeper's uri), with reason ``exact_duplicate`` when it has the
+keeper's bytes and ``near_duplicate_phash`` otherwise.
+
+Statuses are a function of the catalog: ``apply_hash_dedup`` recomputes the groups over every
+accepted or hash-duplicate row on each run (from the stored columns, no decoding), so a later run
+that brings a higher-resolution copy moves the keeper, and a duplicate whose keeper is gone goes
+back to accepted. Only rows whose status/reason/dup_of change are written, in one Delta commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from curation.binary_index import distinct_near_pairs, hex_to_uint64
+from curation.config import HashDedupConfig
+from data_catalog.catalog import Catalog
+from data_catalog.images import DUPLICATE_REASONS, IMAGES_SCHEMA, Reason, Status, read_images, upsert_images
+
+EXACT = Reason.EXACT_DUPLICATE.value
+NEAR = Reason.NEAR_DUPLICATE_PHASH.value
+_COLUMNS = [
+    "uri",
+    "image_id",
+    "phash",
+    "width",
+    "height",
+    "bytes",
+    "status",
+    "reason",
+    "dup_of",
+    "dup_of_uri",
+]
+
+
+@dataclass(frozen=True)
+class DuplicateGroups:
+    """Per input row: ``keeper`` (n,) int64 row index of its group's kept row (itself when kept),
+    ``reason`` (n,) object (None when kept, else ``exact_duplicate`` / ``near_duplicate_phash``).
+    ``n_near_pairs``: pairs of distinct pHash values within the radius."""
+
+    keeper: np.ndarray
+    reason: np.ndarray
+    n_near_pairs: int
+
+    @property
+    def is_duplicate(self) -> np.ndarray:
+        return self.keeper != np.arange(len(self.keeper))
+
+    @property
+    def n_groups(self) -> int:
+        """Groups with more than one member."""
+        return int(len(np.unique(self.keeper[self.is_duplicate])))
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    """Equal-value codes (n,) int64 for an object array of str|None; -1 for None."""
+    codes = np.full(len(values), -1, dtype=np.int64)
+    valid = np.array([v is not None for v in values], dtype=bool)
+    if valid.any():
+        codes[valid] = np.unique(values[valid].astype(str), return_inverse=True)[1].ravel()
+    return codes
+
+
+def _star_edges(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Link every row with a code >= 0 to the first row of its code.
+
+    Returns (src, dst, first_row_of_code) where first_row_of_code[c] is that row for code c."""
+    rows = np.flatnonzero(codes >= 0)
+    if rows.size == 0:
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty
+    uniq, first, inverse = np.unique(codes[rows], return_index=True, return_inverse=True)
+    first_rows = np.full(int(uniq.max()) + 1, -1, dtype=np.int64)
+    first_rows[uniq] = rows[first]
+    return rows, rows[first][inverse.ravel()], first_rows
+
+
+def _components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Connected-component label (n,) int64 of an undirected graph given by edge lists (union-find
+    semantics; scipy's linear-time traversal)."""
+    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def _keepers(labels: np.ndarray, pixels: np.ndarray, nbytes: np.ndarray, uris: Any) -> np.ndarray:
+    """Kept row per row: max pixels, then max bytes, then min uri (code-point order) per component."""
+    n = len(labels)
+    keeper = np.arange(n, dtype=np.int64)
+    sizes = np.bincount(labels, minlength=int(labels.max(initial=0)) + 1)
+    multi = np.flatnonzero(sizes[labels] > 1)
+    if multi.size == 0:
+        return keeper
+    sub_uris = np.array(_take_str(uris, multi), dtype=object)
+    uniq, uri_rank = np.unique(sub_uris.astype(str), return_inverse=True)
+    if len(uniq) != len(multi):
+        raise ValueError("find_duplicate_groups: uris must be unique (they break ties)")
+    order = np.lexsort((uri_rank.ravel(), -nbytes[multi], -pixels[multi], labels[multi]))
+    sorted_rows, sorted_labels = multi[order], labels[multi][order]
+    starts = np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]
+    first_of_label = np.empty(len(sizes), dtype=np.int64)
+    first_of_label[sorted_labels[starts]] = sorted_rows[starts]
+    keeper[multi] = first_of_label[labels[multi]]
+    return keeper
+
+
+def _take_str(values: Any, idx: np.ndarray) -> list[str]:
+    if isinstance(values, pa.ChunkedArray | pa.Array):
+        return values.take(pa.array(idx)).to_pylist()
+    return [str(v) for v in np.asarray(values, dtype=object)[idx]]
+
+
+def group_duplicates(
+    id_codes: np.ndarray,
+    hashes: np.ndarray,
+    hash_valid: np.ndarray,
+    pixels: np.ndarray,
+    nbytes: np.ndarray,
+    uris: Any,
+    radius: int,
+    threads: int | None = None,
+) -> DuplicateGroups:
+    """``find_duplicate_groups`` on pre-encoded columns (what ``apply_hash_dedup`` uses at scale).
+
+    id_codes (n,) int64 equal per image_id, -1 = unknown; hashes (n,) uint64 with hash_valid (n,)
+    bool; pixels, nbytes (n,) int64; uris: (n,) str array or pyarrow array (only read for ties).
+    """
+    n = len(id_codes)
+    id_src, id_dst, _ = _star_edges(id_codes)
+    hash_codes = np.full(n, -1, dtype=np.int64)
+    values = np.unique(hashes[hash_valid])
+    hash_codes[hash_valid] = np.searchsorted(values, hashes[hash_valid])
+    h_src, h_dst, value_row = _star_edges(hash_codes)
+    pairs = distinct_near_pairs(values, radius, threads=threads)
+    near_src, near_dst = value_row[pairs[:, 0]], value_row[pairs[:, 1]]
+    labels = _components(
+        n, np.concatenate([id_src, h_src, near_src]), np.concatenate([id_dst, h_dst, near_dst])
+    )
+    keeper = _keepers(labels, pixels, nbytes, uris)
+    reason = np.full(n, None, dtype=object)
+    dup = keeper != np.arange(n)
+    exact = dup & (id_codes >= 0) & (id_codes == id_codes[keeper])
+    reason[exact] = EXACT
+    reason[dup & ~exact] = NEAR
+    return DuplicateGroups(keeper=keeper, reason=reason, n_near_pairs=len(pairs))
+
+
+def find_duplicate_groups(
+    image_ids: np.ndarray,
+    phashes: np.ndarray,
+    widths: np.ndarray,
+    heights: np.ndarray,
+    nbytes: np.ndarray,
+    uris: np.ndarray,
+    radius: int,
+    threads: int | None = None,
+) -> DuplicateGroups:
+    """Exact + pHash duplicate groups of n images (connected components), one keeper per group.
+
+    image_ids: (n,) str (sha256 hex) or None; phashes: (n,) 16-hex-digit str or None (a row
+    without a pHash only takes part in exact matching); widths, heights, nbytes: (n,) ints (null
+    as 0); uris: (n,) unique str. ``radius``: max Hamming distance (bits) of near duplicates.
+    """
+    n = len(uris)
+    if not all(len(a) == n for a in (image_ids, phashes, widths, heights, nbytes)):
+        raise ValueError("find_duplicate_groups: all columns must have the same length")
+    hashes, valid = hex_to_uint64(list(phashes))
+    pixels = np.asarray(widths, dtype=np.int64) * np.asarray(heights, dtype=np.int64)
+    return group_duplicates(
+        _codes(np.asarray(image_ids, dtype=object)),
+        hashes,
+        valid,
+        pixels,
+        np.asarray(nbytes, dtype=np.int64),
+        np.asarray(uris, dtype=object),
+        radius,
+        threads,
+    )
+
+
+# ------------------------------------------------------------------------------------ catalog
+def _hashes_from_arrow(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A string column of 16-hex-digit pHashes -> (uint64 (n,), valid (n,)) without Python objects."""
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    filled = pc.fill_null(col, "0" * 16).cast(pa.string()).combine_chunks()  # int32 offsets below
+    lengths = pc.utf8_length(filled).to_numpy(zero_copy_only=False)
+    if len(filled) and (lengths != 16).any():
+        bad = int(np.flatnonzero(lengths != 16)[0])
+        raise ValueError(f"phash at row {bad} is {filled[bad].as_py()!r}: expected 16 hex digits")
+    offsets, data = filled.buffers()[1], filled.buffers()[2]
+    start = int(np.frombuffer(offsets, dtype=np.int32)[filled.offset]) if len(filled) else 0
+    raw = data.to_pybytes()[start : start + 16 * len(filled)] if len(filled) else b""
+    return np.frombuffer(bytes.fromhex(raw.decode("ascii")), dtype=">u8").astype(np.uint64), valid
+
+
+def _id_codes(col: pa.ChunkedArray) -> np.ndarray:
+    """Equal-value codes of a string column via dictionary encoding; -1 for null."""
+    encoded = col.cast(pa.string()).combine_chunks().dictionary_encode()
+    return pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _ints(col: pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _candidates(table: pa.Table) -> pa.Table:
+    """Rows hash dedup decides over: accepted, or duplicates for a hash reason (recomputed)."""
+    status, reason = table.column("status"), table.column("reason")
+    hash_dup = pc.and_(
+        pc.equal(status, Status.DUPLICATE.value),
+        pc.is_in(reason, value_set=pa.array(sorted(r.value for r in DUPLICATE_REASONS))),
+    )
+    return table.filter(pc.or_(pc.equal(status, Status.ACCEPTED.value), pc.fill_null(hash_dup, False)))
+
+
+def decide(table: pa.Table, radius: int, threads: int | None = None) -> tuple[pa.Table, DuplicateGroups]:
+    """New (uri, status, reason, dup_of, dup_of_uri) for the candidate rows of an images table."""
+    cand = _candidates(table)
+    pixels = _ints(cand.column("width")) * _ints(cand.column("height"))
+    hashes, valid = _hashes_from_arrow(cand.column("phash"))
+    uris = cand.column("uri")
+    groups = group_duplicates(
+        _id_codes(cand.column("image_id")),
+        hashes,
+        valid,
+        pixels,
+        _ints(cand.column("bytes")),
+        uris,
+        radius,
+        threads,
+    )
+    dup = groups.is_duplicate
+    keeper = pa.array(groups.keeper)
+    null = pa.nulls(cand.num_rows, pa.string())
+    new = pa.table(
+        {
+            "uri": uris,
+            "status": pa.array(np.where(dup, Status.DUPLICATE.value, Status.ACCEPTED.value)),
+            "reason": pa.array(groups.reason, type=pa.string()),
+            "dup_of": pc.if_else(pa.array(dup), cand.column("image_id").take(keeper), null),
+            "dup_of_uri": pc.if_else(pa.array(dup), uris.take(keeper), null),
+        }
+    )
+    return new, groups
+
+
+def _changed(old: pa.Table, new: pa.Table) -> np.ndarray:
+    """(n,) bool: rows (same order) whose status, reason, dup_of or dup_of_uri differ (null-aware)."""
+    changed = np.zeros(new.num_rows, dtype=bool)
+    for name in ("status", "reason", "dup_of", "dup_of_uri"):
+        a, b = old.column(name), new.column(name)
+        same = pc.fill_null(pc.equal(a, b), False)
+        both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+        changed |= ~pc.or_(same, both_null).to_numpy(zero_copy_only=False)
+    return changed
+
+
+def apply_hash_dedup(catalog: Catalog, cfg: HashDedupConfig, run_id: str, threads: int | None = None) -> dict:
+    """Recompute hash-duplicate statuses over the images table; upsert only changed rows.
+
+    Returns counts: candidates, kept, exact_duplicate, near_duplicate_phash, groups, near_pairs,
+    changed, radius, images_version (after the commit) and seconds.
+    """
+    start = time.perf_counter()
+    version = catalog.version("images")
+    if not cfg.enabled or version is None:
+        return {"enabled": cfg.enabled, "changed": 0, "images_version": version}
+    table = read_images(catalog, version=version, columns=_COLUMNS)
+    new, groups = decide(table, cfg.phash_radius, threads)
+    old = _candidates(table).select(["uri", "status", "reason", "dup_of", "dup_of_uri"])
+    changed = _changed(old, new)
+    if changed.any():
+        updates = new.filter(pa.array(changed))
+        full = read_images(catalog, version=version)
+        full = full.filter(pc.is_in(full.column("uri"), value_set=updates.column("uri")))
+        rows = _with_updates(full, updates, run_id)
+        version = upsert_images(catalog, rows, run_id)
+    reasons = pc.value_counts(new.column("reason")).to_pylist()
+    by_reason = {r["values"]: r["counts"] for r in reasons if r["values"] is not None}
+    return {
+        "enabled": True,
+        "radius": cfg.phash_radius,
+        "candidates": new.num_rows,
+        "kept": int((~groups.is_duplicate).sum()),
+        EXACT: int(by_reason.get(EXACT, 0)),
+        NEAR: int(by_reason.get(NEAR, 0)),
+        "groups": groups.n_groups,
+        "near_pairs": groups.n_near_pairs,
+        "changed": int(changed.sum()),
+        "images_version": version,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _with_updates(full: pa.Table, updates: pa.Table, run_id: str) -> pa.Table:
+    """``full`` rows with the decided columns of ``updates`` (matched by uri), run_id, updated_at."""
+    position = {uri: i for i, uri in enumerate(updates.column("uri").to_pylist())}
+    idx = pa.array([position[u] for u in full.column("uri").to_pylist()], type=pa.int64())
+    now = pa.scalar(dt.datetime.now(dt.UTC), type=IMAGES_SCHEMA.field("updated_at").type)
+    for name in ("status", "reason", "dup_of", "dup_of_uri"):
+        full = full.set_column(full.schema.get_field_index(name), name, updates.column(name).take(idx))
+    full = full.set_column(
+        full.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * full.num_rows, pa.string())
+    )
+    updated = pa.array([now.as_py()] * full.num_rows, type=now.type)
+    return full.set_column(full.schema.get_field_index("updated_at"), "updated_at", updated)
