@@ -205,8 +205,19 @@ class Block(nn.Module):
         return self.ls2(self.mlp(self.norm2(x)))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and self.batch_subset and self.sample_drop_ratio > 0.1:
-            x = add_residual_subset(x, self._attn_branch, self.sample_drop_ratio)
-            return add_residual_subset(x, self._ffn_branch, self.sample_drop_ratio)
-        x = x + self.drop_path1(self._attn_branch(x))
-        return x + self.drop_path2(self._ffn_branch(x))
+        if self.training and self.sample_drop_ratio > 0:
+            if self.batch_subset and self.sample_drop_ratio > 0.1:
+                x = add_residual_subset(x, self._attn_branch, self.sample_drop_ratio)
+                return add_residual_subset(x, self._ffn_branch, self.sample_drop_ratio)
+            x = x + self.drop_path1(self._attn_branch(x))
+            return x + self.drop_path2(self._ffn_branch(x))
+        # no stochastic depth: LayerScale multiply and residual add in one pass (addcmul)
+        x = _scaled_add(x, self.attn(self.norm1(x)), self.ls1)
+        return _scaled_add(x, self.mlp(self.norm2(x)), self.ls2)
+
+
+def _scaled_add(x: Tensor, branch: Tensor, ls: nn.Module) -> Tensor:
+    """``x + ls(branch)``; one fused kernel when ``ls`` is a LayerScale (same dtype promotion)."""
+    if isinstance(ls, LayerScale):
+        return torch.addcmul(x, branch, ls.gamma)
+    return x + ls(branch)
