@@ -140,8 +140,11 @@ def test_koleo_matches_the_loop() -> None:
     torch.manual_seed(4)
     x = torch.randn(9, 5)
     assert abs(KoLeoLoss()(x).item() - loop_koleo(x)) < 1e-4  # pairwise_distance adds eps inside
-    with pytest.raises(ValueError, match="B >= 2"):
-        koleo_loss(torch.randn(1, 5))
+    with pytest.raises(ValueError, match=r"\[B, D\]"):
+        koleo_loss(torch.randn(5))
+    one = torch.randn(1, 5, requires_grad=True)
+    koleo_loss(one).backward()  # batch of one per device: zero, not a crash
+    assert torch.equal(one.grad, torch.zeros(1, 5))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

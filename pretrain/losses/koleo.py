@@ -26,10 +26,12 @@ def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
     handed (its ``autocast(enabled=False)`` does not cast them), so when a batch holds two identical
     images the distance is 0, eps 1e-8 rounds to 0 in fp16, and the loss is log(0) = inf. In fp32
     the distance is ``||x_i - x_j + eps||`` (``F.pairwise_distance``), about sqrt(D) * 1e-8 for
-    duplicates, so loss and gradient stay finite.
+    duplicates, so loss and gradient stay finite. A batch of one gives 0 (connected to ``x``).
     """
-    if x.dim() != 2 or x.shape[0] < 2:
-        raise ValueError(f"KoLeo needs a [B >= 2, D] batch, got {tuple(x.shape)}")
+    if x.dim() != 2:
+        raise ValueError(f"KoLeo needs a [B, D] batch, got {tuple(x.shape)}")
+    if x.shape[0] < 2:  # no other sample to be near: no spreading term (and no crash at batch 1)
+        return x.float().sum() * 0.0
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = F.normalize(x.float(), p=2, dim=-1, eps=eps)
         with torch.no_grad():
