@@ -206,17 +206,6 @@ def make_loader(dataset: StepBatches, num_workers: int, pin_memory: bool = False
     )
 
 
-def parse_dataset_ref(ref: str) -> tuple[str, int | None]:
-    """``"name"`` -> (name, None); ``"name:3"`` or ``"name:v3"`` -> (name, 3)."""
-    name, _, version = ref.partition(":")
-    if not version:
-        return name, None
-    digits = version[1:] if version[:1] in ("v", "V") else version
-    if not digits.isdigit():
-        raise ValueError(f"dataset version {version!r} of {ref!r} is not a number (NAME:3 or NAME:v3)")
-    return name, int(digits)
-
-
 def open_dataset(catalog: str | None, dataset: str) -> tuple[list[Shard], dict[str, Any]]:
     """The shards of ``dataset`` (``NAME[:VERSION]`` in ``catalog``, or an index JSON path) and its identity."""
     if dataset.endswith(".json"):
@@ -228,13 +217,12 @@ def open_dataset(catalog: str | None, dataset: str) -> tuple[list[Shard], dict[s
             f"--dataset {dataset!r} names a catalog dataset: pass --catalog (or an index .json path)"
         )
     from data_catalog.catalog import Catalog
-    from data_catalog.datasets import get_dataset
+    from data_catalog.datasets import get_dataset, parse_dataset_ref
 
     name, version = parse_dataset_ref(dataset)
     record = get_dataset(Catalog(catalog), name, version)
-    rec = record if isinstance(record, dict) else vars(record)
-    meta = {"name": name, "version": rec.get("version", version), "index_uri": rec["index_uri"]}
-    return read_index(rec["index_uri"], rec.get("shards_uri")), meta
+    meta = {"name": record.name, "version": record.version, "index_uri": record.index_uri}
+    return read_index(record.index_uri, record.shards_uri), meta
 
 
 def _read_text(uri: str) -> str:

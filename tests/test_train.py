@@ -19,12 +19,21 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["train.batch_size_per_device=8", "crops.local_number=2", "train.num_workers=0", "train.log_every=1"]
 
 
-def write_dataset(files: list[Path], root: Path, n_shards: int = 4) -> tuple[list[str], str]:
-    """Images as a dataset version: ``(["--catalog", C, "--dataset", "name:1"] or index path args)``."""
-    from tests.test_resume import write_shards
+def write_dataset(files: list[Path], root: Path, name: str = "imagenette") -> list[str]:
+    """The images as a dataset version in a catalog (the curation helper's writer): CLI args for it."""
+    import pyarrow as pa
 
-    index = write_shards(files, root / "shards", n_shards)
-    return ["--dataset", str(index)], str(index)
+    from curation.dataset_version import create_dataset_version
+    from data_catalog.catalog import Catalog
+
+    catalog = Catalog(str(root / "catalog"))
+    selection = pa.table(
+        {"image_id": [f"{f.parent.name}-{f.stem}" for f in files], "uri": [str(f) for f in files]}
+    )
+    record = create_dataset_version(
+        catalog, name, selection=selection, shard_max_samples=len(files) // 4 + 1, workers=2
+    )
+    return ["--catalog", catalog.root, "--dataset", record.ref]
 
 
 def run_train(
@@ -43,7 +52,7 @@ def run_train(
 @pytest.fixture(scope="module")
 def dataset_args(imagenette_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     files = sorted(imagenette_dir.glob("*/*.JPEG"))[::10][:200]
-    return write_dataset(files, tmp_path_factory.mktemp("ds"))[0]
+    return write_dataset(files, tmp_path_factory.mktemp("ds"))
 
 
 def test_losses_are_finite_and_only_the_student_learns(imagenette_dir: Path) -> None:
@@ -112,6 +121,14 @@ def test_demo_run_with_highres_phase(dataset_args: list[str], tmp_path: Path) ->
     for key, value in backbone.state_dict().items():
         assert torch.equal(value, teacher_state[key]), key
     assert yaml.safe_load((out / "config.yaml").read_text())["highres"]["size"] == 128
+    from data_catalog.catalog import Catalog
+    from data_catalog.runs import get_run
+
+    row = get_run(Catalog(dataset_args[1]), out.name)
+    assert row["status"] == "completed" and row["steps"] == 6 and row["dataset"] == dataset_args[3]
+    assert row["backbone_uri"].endswith("teacher_backbone.safetensors") and row["checkpoint_uri"].endswith(
+        ".pt"
+    )
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(
@@ -126,6 +143,10 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002.pt"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert not (out / "teacher_backbone.safetensors").exists()
+    from data_catalog.catalog import Catalog
+    from data_catalog.runs import get_run
+
+    assert get_run(Catalog(dataset_args[1]), out.name)["status"] == "failed"
 
 
 def _features(backbone: torch.nn.Module, files: list[Path], size: int) -> torch.Tensor:
@@ -167,7 +188,7 @@ def test_demo_preset_learns_on_imagenette(imagenette_dir: Path, tmp_path: Path) 
     train_files = [f for c in classes for f in files[c][:120]]
     bank = [(f, y) for y, c in enumerate(classes) for f in files[c][120:160]]
     query = [(f, y) for y, c in enumerate(classes) for f in files[c][160:200]]
-    args, _ = write_dataset(train_files, tmp_path)
+    args = write_dataset(train_files, tmp_path)
     out = tmp_path / "run"
     run_train(args, out, ["train.num_workers=1", "train.log_every=10", "train.checkpoint_every=1000"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

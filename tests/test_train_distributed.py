@@ -38,7 +38,7 @@ def losses(run: Path) -> list[list[float]]:
 @pytest.fixture(scope="module")
 def dataset_args(imagenette_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     files = sorted(imagenette_dir.glob("*/*.JPEG"))[::8][:240]
-    return write_dataset(files, tmp_path_factory.mktemp("ds"))[0]
+    return write_dataset(files, tmp_path_factory.mktemp("ds"))
 
 
 @pytest.mark.slow
