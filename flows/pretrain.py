@@ -49,11 +49,15 @@ def torchrun_task(cmd: list[str], run_key: str) -> int:
             update_progress_artifact(progress, min(100.0, 100.0 * float(record["step"]) / float(total)))
             last_update[0] = now
 
+    def on_line(line: str) -> None:
+        record = launch.parse_metrics(line)
+        logger.info(launch.format_metrics(record) if record is not None else line)
+
     def on_start(run: launch.LaunchedRun) -> None:
         launch.register(run)
         logger.info("started %s (pid %s, own process group)", " ".join(cmd), run.process.pid)
 
-    code, tail = launch.run_streaming(cmd, on_line=logger.info, on_metrics=on_metrics, on_start=on_start)
+    code, tail = launch.run_streaming(cmd, on_line=on_line, on_metrics=on_metrics, on_start=on_start)
     if code != 0:
         raise RuntimeError(f"pretraining exited with code {code}; last lines:\n" + "\n".join(tail[-40:]))
     update_progress_artifact(progress, 100.0)

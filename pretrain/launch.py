@@ -52,6 +52,21 @@ def parse_metrics(line: str) -> dict[str, float] | None:
     return record if isinstance(record, dict) else None
 
 
+def format_metrics(record: dict[str, float]) -> str:
+    """A metrics record as one readable log line: ``step 130/200 [main] loss 12.418 (dino 8.320 ...)``."""
+    parts = [f"step {record.get('step')}/{record.get('total_steps', '?')} [{record.get('phase', 'main')}]"]
+    if "loss" in record:
+        parts.append(f"loss {record['loss']:.4f}")
+    terms = [f"{k} {record[k]:.4f}" for k in ("dino", "ibot", "koleo") if k in record]
+    if terms:
+        parts.append("(" + ", ".join(terms) + ")")
+    if "images_per_s" in record:
+        parts.append(f"{record['images_per_s']:.1f} img/s")
+    if "lr" in record:
+        parts.append(f"lr {record['lr']:.2e}")
+    return " ".join(parts)
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)

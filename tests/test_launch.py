@@ -95,3 +95,8 @@ def test_torchrun_command_standalone_and_multinode() -> None:
     assert cmd[-4:] == ["-m", "pretrain.train", "--max-steps", "2"]
     multi = launch.torchrun_command([], 8, nnodes="2", rdzv_endpoint="head:29400")
     assert "--rdzv_endpoint=head:29400" in multi and "--standalone" not in multi
+
+
+def test_format_metrics_is_readable() -> None:
+    line = launch.format_metrics({"step": 5, "total_steps": 200, "phase": "main", "loss": 12.5, "dino": 8.3, "images_per_s": 15.2})
+    assert line == "step 5/200 [main] loss 12.5000 (dino 8.3000) 15.2 img/s"
