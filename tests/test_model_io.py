@@ -142,7 +142,11 @@ def test_official_round_trip_chunked_and_wrapped(tmp_path: Path) -> None:
     assert "blocks.1.3.attn.qkv.weight" in chunked
     torch.save(chunked, tmp_path / "chunked.pth")
     torch.save({"teacher": {f"backbone.{k}": v for k, v in state.items()}}, tmp_path / "teacher.pth")
-    for name in ("chunked.pth", "teacher.pth"):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "bare.safetensors"))
+    assert detect_layout(tmp_path / "bare.safetensors") == "official"
+    for name in ("chunked.pth", "teacher.pth", "bare.safetensors"):
         with torch.no_grad():
             assert torch.equal(load_backbone(tmp_path / name).forward_features(x)["x_norm_patchtokens"], ref)
 
@@ -173,7 +177,11 @@ def test_strict_loading_names_missing_unexpected_and_mismatched(tmp_path: Path) 
         load_backbone(path, img_size=32)
     with pytest.raises(ValueError, match="valid layouts: dinoflow, official, hf"):
         load_backbone(path, layout="timm")
-    (tmp_path / "junk.pth").write_bytes(b"")
+    odd = build_backbone("vit_pico", embed_dim=96, num_heads=2, img_size=28, patch_size=14).eval()
+    save_backbone(odd, tmp_path / "odd.pth", layout="official")
+    with pytest.raises(CheckpointError, match="pass num_heads"):
+        load_backbone(tmp_path / "odd.pth")
+    assert load_backbone(tmp_path / "odd.pth", num_heads=2).blocks[0].attn.num_heads == 2
     torch.save({"foo": torch.zeros(1)}, tmp_path / "junk.pth")
     with pytest.raises(CheckpointError, match="not a known backbone layout"):
         detect_layout(tmp_path / "junk.pth")

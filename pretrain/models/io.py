@@ -44,7 +44,7 @@ from pretrain.models.vit import DinoVisionTransformer, interpolate_patch_pos
 
 LAYOUTS = ("dinoflow", "official", "hf")
 FORMAT = "dinoflow.backbone"
-# heads by width for the standard sizes (64-wide heads otherwise)
+# heads by width for the standard sizes; the official layout does not record the head count
 HEADS_BY_DIM = {spec["embed_dim"]: spec["num_heads"] for spec in ARCHS.values()}
 
 
@@ -76,7 +76,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 
 def _torch_load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # memory-mapped: describe/detect read shapes without loading every tensor
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files in the legacy (pre-zip) torch format cannot be mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _unwrap_official(obj: Any) -> dict[str, Tensor]:
@@ -108,13 +111,16 @@ def detect_layout(path: str | Path) -> str:
     if not path.exists():
         raise FileNotFoundError(path)
     if path.suffix == ".safetensors":
-        state, meta = _read_safetensors(path)
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            keys, meta = list(f.keys()), dict(f.metadata() or {})
         if meta.get("format") == FORMAT:
             return "dinoflow"
-        if "cls_token" in state or any(k.startswith("blocks.") for k in state):
+        if "cls_token" in keys or any(k.startswith("blocks.") for k in keys):
             return "official"
         raise CheckpointError(f"{path}: safetensors file of neither dinoflow nor official layout")
-    obj = _torch_load(path)
+    obj: Any = _torch_load(path)
     if isinstance(obj, dict) and "arch" in obj and "state_dict" in obj:
         return "dinoflow"
     state = _unwrap_official(obj)
@@ -154,7 +160,7 @@ def infer_arch(state: dict[str, Tensor]) -> dict[str, Any]:
     regs = state["register_tokens"].shape[1] if "register_tokens" in state else 0
     return dict(
         img_size=grid * patch, patch_size=patch, in_chans=proj.shape[1], embed_dim=dim, depth=depth,
-        num_heads=HEADS_BY_DIM.get(dim, max(dim // 64, 1)), mlp_ratio=_mlp_ratio(dim, hidden, swiglu),
+        num_heads=HEADS_BY_DIM.get(dim), mlp_ratio=_mlp_ratio(dim, hidden, swiglu),
         qkv_bias="blocks.0.attn.qkv.bias" in state, proj_bias="blocks.0.attn.proj.bias" in state,
         ffn_bias=("blocks.0.mlp.w12.bias" if swiglu else "blocks.0.mlp.fc1.bias") in state,
         layerscale_init=1e-5 if "blocks.0.ls1.gamma" in state else None,
@@ -198,12 +204,14 @@ def read_checkpoint(
         config, hf_state = read_hf_state(path)
         arch, state = from_hf(config, hf_state)
         return arch, state, layout
-    if layout == "dinoflow" and path.suffix == ".safetensors":
-        state, meta = _read_safetensors(path)
-        if meta.get("format") != FORMAT or "arch" not in meta:
-            raise CheckpointError(f"{path}: no dinoflow metadata (format/arch); try layout='official'")
-        return json.loads(meta["arch"]), state, layout
-    obj = _torch_load(path)
+    if path.suffix == ".safetensors":
+        obj, meta = _read_safetensors(path)
+        if layout == "dinoflow":
+            if meta.get("format") != FORMAT or "arch" not in meta:
+                raise CheckpointError(f"{path}: no dinoflow metadata (format/arch); try layout='official'")
+            return json.loads(meta["arch"]), obj, layout
+    else:
+        obj = _torch_load(path)
     if layout == "dinoflow":
         if not (isinstance(obj, dict) and "arch" in obj and "state_dict" in obj):
             raise CheckpointError(f"{path}: not a dinoflow dict with 'arch' and 'state_dict'")
@@ -221,7 +229,13 @@ def load_backbone(path: str | Path, layout: str | None = None, **overrides: Any)
     :func:`resize_pos_embed` on the state dict for another resolution.
     """
     arch, state, _ = read_checkpoint(path, layout)
-    model = DinoVisionTransformer(**{**arch, **overrides})
+    arch = {**arch, **overrides}
+    if arch["num_heads"] is None:
+        raise CheckpointError(
+            f"{path}: embed_dim {arch['embed_dim']} is not a standard width and the official layout does "
+            f"not record the number of heads; pass num_heads=... (standard: {HEADS_BY_DIM})"
+        )
+    model = DinoVisionTransformer(**arch)
     load_state_strict(model, state)
     return model.eval()
 
