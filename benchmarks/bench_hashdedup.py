@@ -7,7 +7,7 @@ copied at a planted distance 0..radius; all pairs within ``radius`` are searched
 ``nflip = radius // 3``: by pigeonhole one 21-bit chunk is within that many flips). Reports
 seconds, growth 100k -> 1M, recall of the planted pairs (must be 100%) and agreement with faiss.
 
-    .venv/bin/python -m benchmarks.bench_hashdedup [--radius 6] [--sizes 100000 1000000] [--threads 2]
+    .venv/bin/python -m benchmarks.bench_hashdedup [--radius 6 8] [--sizes 100000 1000000] [--threads 2]
 
 Writes ``benchmarks/results/hashdedup.md``.
 """
@@ -80,55 +80,35 @@ def machine() -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--radius", type=int, default=HashDedupConfig().phash_radius)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--baseline-size", type=int, default=100_000, help="n for the faiss baselines")
-    args = parser.parse_args()
-    faiss.omp_set_num_threads(args.threads)
-    r = args.radius
+def run_radius(r: int, sizes: list[int], threads: int, baseline_size: int) -> list[str]:
+    """One markdown table (ours at every size, faiss at ``baseline_size``) and its summary lines."""
     rows, times = [], {}
-    for n in args.sizes:
+    for n in sizes:
         h, planted = planted_hashes(n, r)
-        pairs, secs = timed(lambda h=h: near_pairs(h, r, threads=args.threads))
+        pairs, secs = timed(lambda h=h: near_pairs(h, r, threads=threads))
         times[n] = secs
         recall = np.isin(pair_keys(planted, n), pair_keys(pairs, n)).mean()
         m = _plan(len(np.unique(h)), r)
         method = f"multi-index hashing, {m} blocks" if m else "brute force"
         rows.append((f"near_pairs ({method})", n, secs, len(pairs), recall, ""))
-        if n == args.baseline_size:
+        print(rows[-1], flush=True)
+        if n == baseline_size:
             x = h.view(np.uint8).reshape(n, 8)
+            ours = np.sort(pair_keys(pairs, n))
             flat, t_flat = timed(lambda x=x: faiss_pairs(faiss.IndexBinaryFlat(64), x, r))
-            agree = (
-                "same pairs" if np.array_equal(pair_keys(flat, n), np.sort(pair_keys(pairs, n))) else "DIFFER"
-            )
+            agree = "same pairs" if np.array_equal(np.sort(pair_keys(flat, n)), ours) else "DIFFER"
             rows.append(
                 ("faiss IndexBinaryFlat range_search (brute force)", n, t_flat, len(flat), None, agree)
             )
             mh = faiss.IndexBinaryMultiHash(64, 3, 21)
             mh.nflip = r // 3
             multi, t_mh = timed(lambda x=x, mh=mh: faiss_pairs(mh, x, r))
-            agree = (
-                "same pairs"
-                if np.array_equal(np.sort(pair_keys(multi, n)), np.sort(pair_keys(pairs, n)))
-                else "DIFFER"
-            )
+            agree = "same pairs" if np.array_equal(np.sort(pair_keys(multi, n)), ours) else "DIFFER"
             rows.append(
                 (f"faiss IndexBinaryMultiHash(3 x 21 bits, nflip {r // 3})", n, t_mh, len(multi), None, agree)
             )
     lines = [
-        f"# Hash near-duplicate search (radius {r}, {args.threads} threads)",
-        "",
-        f"Machine: {machine()}",
-        "",
-        "Command: `.venv/bin/python -m benchmarks.bench_hashdedup "
-        f"--radius {r} --sizes {' '.join(map(str, args.sizes))} --threads {args.threads}`",
-        "",
-        "Random 64-bit hashes, 1% planted copies at distance 0..radius. Recall = planted pairs found.",
+        f"## Radius {r}",
         "",
         "| method | n | seconds | pairs found | planted recall | vs ours |",
         "|---|---:|---:|---:|---:|---|",
@@ -136,17 +116,44 @@ def main() -> None:
     for name, n, secs, npairs, recall, agree in rows:
         rec = "" if recall is None else f"{recall:.4f}"
         lines.append(f"| {name} | {n:,} | {secs:.2f} | {npairs:,} | {rec} | {agree} |")
-    sizes = sorted(times)
-    if len(sizes) > 1:
-        a, b = sizes[0], sizes[-1]
-        lines += ["", f"Growth {a:,} -> {b:,} (x{b // a} items): x{times[b] / times[a]:.1f} time."]
-    base = [row for row in rows if row[1] == args.baseline_size]
+    lines.append("")
+    if len(times) > 1:
+        a, b = min(times), max(times)
+        lines.append(f"Growth {a:,} -> {b:,} (x{b // a} items): x{times[b] / times[a]:.1f} time.")
+    base = [row for row in rows if row[1] == baseline_size]
     if len(base) == 3:
         lines.append(
-            f"At {args.baseline_size:,}: near_pairs is x{base[1][2] / base[0][2]:.1f} faster than faiss "
+            f"At {baseline_size:,}: near_pairs is x{base[1][2] / base[0][2]:.1f} faster than faiss "
             f"brute force and x{base[2][2] / base[0][2]:.1f} faster than faiss IndexBinaryMultiHash."
         )
-    text = "\n".join(lines) + "\n"
+    return [*lines, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--radius", type=int, nargs="+", default=[HashDedupConfig().phash_radius])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline-size", type=int, default=100_000, help="n for the faiss baselines")
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(args.threads)
+    lines = [
+        f"# Hash near-duplicate search ({args.threads} threads)",
+        "",
+        f"Machine: {machine()}",
+        "",
+        "Command: `.venv/bin/python -m benchmarks.bench_hashdedup "
+        f"--radius {' '.join(map(str, args.radius))} --sizes {' '.join(map(str, args.sizes))} "
+        f"--threads {args.threads}`",
+        "",
+        "Random 64-bit hashes, 1% planted copies at distance 0..radius. Recall = planted pairs found.",
+        "",
+    ]
+    for r in args.radius:
+        lines += run_radius(r, args.sizes, args.threads, args.baseline_size)
+    text = "\n".join(lines)
     print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".tmp")

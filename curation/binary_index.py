@@ -28,10 +28,13 @@ import numpy as np
 BITS = 64
 _U64 = np.uint64
 # Relative costs of the model in _plan (seconds per item, measured on 2 EPYC cores, numpy 2.4):
-# one table costs a packed uint64 sort of n items (~60 ns/item at 1M incl. key building), one
-# candidate pair ~20 ns to generate and verify; brute force ~2 ns per pair (blocked popcount).
-_SORT_COST = 60e-9
-_CAND_COST = 20e-9
+# one table costs a packed uint64 sort of n items (~100 ns/item at 1M incl. key building) or, with
+# sparse keys, a counting filter (~40 ns/item + 5 ns/bucket) + the sort of the rows that share a
+# bucket; one candidate pair ~40 ns to generate and verify; brute force ~2 ns per pair.
+_SORT_COST = 100e-9
+_COUNT_COST = 40e-9
+_BUCKET_COST = 5e-9
+_CAND_COST = 40e-9
 _BRUTE_COST = 2e-9
 _MAX_TABLES = 5000
 
@@ -73,21 +76,40 @@ def block_bounds(m: int) -> list[tuple[int, int]]:
 
 
 def _plan(n: int, radius: int) -> int | None:
-    """Cheapest block count ``m`` for ``n`` distinct hashes, or None when brute force is cheaper."""
+    """Cheapest block count ``m`` for ``n`` distinct hashes, or None when brute force is cheaper.
+
+    Blocks are ``64 // m`` or one bit wider; a table whose key holds ``j`` wide blocks has
+    ``k * (64 // m) + j`` key bits, and there are C(wide, j) * C(narrow, k - j) such tables."""
     best_m, best_cost = None, _BRUTE_COST * n * (n - 1) / 2
     idx_bits = max(1, int(n - 1).bit_length())
     for m in range(radius + 1, min(BITS, radius + 16) + 1):
         k = m - radius
-        tables = math.comb(m, k)
-        widths = [w for _, w in block_bounds(m)]
-        key_bits = sum(sorted(widths)[:k])  # the narrowest key any table gets
-        if tables > _MAX_TABLES or key_bits + idx_bits > BITS:
+        if math.comb(m, k) > _MAX_TABLES:
             continue
-        candidates = tables * n * (n - 1) / 2 / 2.0**key_bits
-        cost = tables * n * _SORT_COST + candidates * _CAND_COST
+        wide, narrow, w = BITS % m, m - BITS % m, BITS // m
+        cost = 0.0
+        for j in range(max(0, k - narrow), min(k, wide) + 1):
+            tables = math.comb(wide, j) * math.comb(narrow, k - j)
+            key_bits = min(k * w + j, BITS - idx_bits)  # wider keys are folded (_table_pairs)
+            candidates = n * (n - 1) / 2 / 2.0**key_bits
+            cost += tables * (n * _table_cost(n, key_bits) + candidates * _CAND_COST)
         if cost < best_cost:
             best_m, best_cost = m, cost
     return best_m
+
+
+def _table_cost(n: int, key_bits: int) -> float:
+    """Seconds per row of one table: the full sort, or the counting filter + sorting the rows of
+    shared buckets (a Poisson fraction 1 - exp(-n / 2^bits)) when keys are sparse."""
+    bits = _filter_bits(n, key_bits)
+    if n >= 1 << bits:
+        return _SORT_COST
+    return _COUNT_COST + _BUCKET_COST * 2.0**bits / n + (1 - math.exp(-n / 2.0**bits)) * _SORT_COST
+
+
+def _filter_bits(n: int, key_bits: int) -> int:
+    """Buckets of the singleton filter: about 2n (more would cost more to count than they save)."""
+    return min(key_bits, max(8, int(n).bit_length() + 1))
 
 
 def near_pairs_brute(hashes: np.ndarray, radius: int, chunk: int = 2048) -> np.ndarray:
@@ -135,6 +157,19 @@ def _run_pairs(keys: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
         d += 1
 
 
+def _shared_key_rows(key: np.ndarray, width: int) -> np.ndarray:
+    """Rows whose key another row may share: all rows, or, when keys are sparse (n < 2^bits), the
+    rows of buckets holding >= 2 (a counting pass, cheaper than sorting the rows that cannot pair)."""
+    bits = _filter_bits(len(key), width)
+    if len(key) >= 1 << bits:
+        return np.arange(len(key), dtype=np.int64)
+    bucket = key if width <= bits else (key * _U64(0x9E3779B97F4A7C15)) >> _U64(BITS - bits)
+    bucket = bucket.astype(np.intp)
+    # counts capped at 2 in uint8: the gather below then reads a cache-friendly byte array
+    counts = np.minimum(np.bincount(bucket, minlength=1 << bits), 2).astype(np.uint8)
+    return np.flatnonzero(counts[bucket] > 1)
+
+
 def _lowest_bits(x: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` lowest set bits of each uint64 (all of them when fewer are set)."""
     out = np.zeros_like(x)
@@ -152,7 +187,9 @@ def _table_pairs(h: np.ndarray, m: int, subset: tuple[int, ...], radius: int) ->
     idx_bits = max(1, int(len(h) - 1).bit_length())
     if width + idx_bits > BITS:  # fold the key (Fibonacci hashing); collisions only add candidates
         key = (key * _U64(0x9E3779B97F4A7C15)) >> _U64(idx_bits)
-    packed = np.sort((key << _U64(idx_bits)) | np.arange(len(h), dtype=_U64))
+        width = BITS - idx_bits
+    rows = _shared_key_rows(key, width)
+    packed = np.sort((key[rows] << _U64(idx_bits)) | rows.astype(_U64))
     keys, ids = packed >> _U64(idx_bits), (packed & _U64((1 << idx_bits) - 1)).astype(np.int64)
     hs = h[ids]  # hashes in key order: candidates below read neighbours, not random rows
     masks = np.array([((1 << w) - 1) << s for s, w in bounds], dtype=_U64)
