@@ -171,10 +171,12 @@ class DinoVisionTransformer(nn.Module):
                     f"masks shape {tuple(masks.shape)} != patch tokens {tuple(tokens.shape[:2])}"
                 )
             tokens = torch.where(masks.unsqueeze(-1), self.mask_token.to(tokens.dtype).unsqueeze(0), tokens)
-        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
+        # no casts below, as official: under autocast the bf16 patch tokens meet fp32 parameters here
+        # and the residual stream is promoted to fp32
+        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         tokens = tokens + self.interpolate_pos_encoding((h, w)).to(tokens.dtype)
         if self.register_tokens is not None:
-            regs = self.register_tokens.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+            regs = self.register_tokens.expand(tokens.shape[0], -1, -1)
             tokens = torch.cat([tokens[:, :1], regs, tokens[:, 1:]], dim=1)
         return tokens
 
