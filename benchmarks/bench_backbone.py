@@ -17,11 +17,13 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,14 +77,13 @@ def timed(fn: Callable[[], object], iters: int, device: str) -> list[tuple[float
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    ours: Any
+    hf: Any
     ours, hf, diff = build_pair(args.arch, args.size, args.device)
     if args.compile:
         ours, hf = torch.compile(ours), torch.compile(hf)
     x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
-    if args.device == "cuda":
-        amp = torch.autocast("cuda", dtype=torch.bfloat16)
-    else:
-        amp = nullcontext()
+    amp: Any = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else nullcontext()
     fns = {"ours (pretrain.models)": lambda: ours(x), "transformers Dinov2Model": lambda: hf(pixel_values=x)}
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     with torch.inference_mode(), amp:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--out", type=Path, default=None, help=f"results file (default {RESULTS})")
     args = parser.parse_args(argv)
-    args.argv = argv if argv is not None else os.sys.argv[1:]
+    args.argv = argv if argv is not None else sys.argv[1:]
     if args.device == "cuda" and not torch.cuda.is_available():
         print("skipped: --device cuda needs a CUDA device (none found)")
         return
