@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-LOSS_KEYS = ("loss", "dino_loss", "ibot_loss", "koleo_loss")
+LOSS_KEYS = ("loss", "dino", "ibot", "koleo")  # the keys pretrain.train writes to metrics.jsonl
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
