@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from curation.demo_data import build_demo_pool
 from flows.config import PipelineConfig, PretrainStageConfig
@@ -23,6 +24,21 @@ def demo_config(workdir: Path, pretrain: bool) -> PipelineConfig:
     )
 
 
+def planted_vs_found(planted: dict[str, int], counts: list[dict[str, object]]) -> Table:
+    """What the demo planted next to what the catalog found (they match when the pipeline works)."""
+
+    def found(status: str, reason: str | None = None) -> int:
+        return sum(int(str(r["count"])) for r in counts if r["status"] == status and (reason is None or r["reason"] == reason))
+
+    table = Table(title="planted vs found")
+    for col in ("kind", "planted", "found"):
+        table.add_column(col, justify="right" if col != "kind" else "left")
+    table.add_row("exact copies", str(planted["exact_copies"]), str(found("duplicate", "exact_duplicate")))
+    table.add_row("edited near-duplicates", str(planted["near_duplicates"]), str(found("duplicate", "near_duplicate_phash")))
+    table.add_row("broken / unusable files", str(planted["broken"]), str(found("rejected")))
+    return table
+
+
 def run_demo(workdir: Path, photos: Path | None, pretrain: bool = True) -> dict[str, object]:
     from flows.pipeline import curate_and_pretrain
 
@@ -37,5 +53,6 @@ def run_demo(workdir: Path, photos: Path | None, pretrain: bool = True) -> dict[
     console.print(f"demo pool: {pool} (planted: {planted})")
     result = curate_and_pretrain(demo_config(workdir, pretrain))
     print_summary(result, console)
+    console.print(planted_vs_found(planted, result.get("counts", [])))
     console.print(f"catalog: {workdir / 'catalog'}  (dinoflow catalog stats --catalog {workdir / 'catalog'})")
     return result
