@@ -149,6 +149,9 @@ def main() -> None:
         f"--threads {args.threads}`",
         "",
         "Random 64-bit hashes, 1% planted copies at distance 0..radius. Recall = planted pairs found.",
+        "Time grows faster than n: a table's key must hold ~log2(n) bits to keep candidates few, so",
+        "larger n needs more blocks and C(m, m - r) more tables (one sort or counting pass each).",
+        f"Load average at start (the machine may be shared): {os.getloadavg()[0]:.1f}.",
         "",
     ]
     for r in args.radius:

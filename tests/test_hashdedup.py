@@ -13,6 +13,7 @@ from PIL import Image
 
 from benchmarks.measure_phash_radius import GEOMETRIC, pipeline_phash, variant_bytes
 from curation.binary_index import (
+    _plan,
     distinct_near_pairs,
     hamming,
     hex_to_uint64,
@@ -68,6 +69,7 @@ def test_multi_index_path_on_a_larger_set_matches_brute_force() -> None:
     """12k distinct hashes: large enough that the cost model picks multi-index hashing."""
     hashes, _ = _planted(9000, 8, seed=7)
     values = np.unique(hashes)
+    assert _plan(len(values), 8) is not None  # not the brute-force fallback
     got = distinct_near_pairs(values, 8, threads=2)
     assert np.array_equal(got, near_pairs_brute(values, 8))
 
