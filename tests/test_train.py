@@ -90,6 +90,11 @@ def test_losses_are_finite_and_only_the_student_learns(imagenette_dir: Path) -> 
 def test_demo_run_with_highres_phase(dataset_args: list[str], tmp_path: Path) -> None:
     out = tmp_path / "run"
     phases = ["train.epochs=1", "train.iterations_per_epoch=4", "highres.enabled=true", "highres.steps=2"]
+    # stop inside the high-res phase (as a kill after a checkpoint would), then finish: it resumes there
+    first = run_train([*dataset_args, "--max-steps", "5"], out, [*TINY, *phases, "train.checkpoint_every=3"])
+    assert json.loads(first.stdout.split("DINOFLOW_DONE ")[1])["step"] == 5
+    stopped = torch.load(out / "checkpoints" / "step_00000005.pt", map_location="cpu", weights_only=False)
+    assert stopped["phase"] == "highres"
     done = run_train(dataset_args, out, [*TINY, *phases, "train.checkpoint_every=3"])
     saved = load_config(out / "config.yaml")
     assert saved.highres.enabled and saved.train.iterations_per_epoch == 4
@@ -100,10 +105,14 @@ def test_demo_run_with_highres_phase(dataset_args: list[str], tmp_path: Path) ->
         assert all(isinstance(r[key], float) for r in rows), key
     # the high-res phase restarts its own (compressed) warmup at a reduced peak lr
     assert rows[4]["lr"] == 0.0 and rows[3]["lr"] > 0
-    printed = [ln for ln in done.stdout.splitlines() if ln.startswith("DINOFLOW_METRICS ")]
-    assert len(printed) == 6
+    printed = [
+        ln
+        for ln in first.stdout.splitlines() + done.stdout.splitlines()
+        if ln.startswith("DINOFLOW_METRICS ")
+    ]
+    assert [json.loads(ln.split(" ", 1)[1])["step"] for ln in printed] == [1, 2, 3, 4, 5, 6]
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert names == ["step_00000003.pt", "step_00000004.pt", "step_00000006.pt"]
+    assert names == ["step_00000004.pt", "step_00000005.pt", "step_00000006.pt"]  # keep_last 3
     state = torch.load(out / "checkpoints" / "step_00000006.pt", map_location="cpu", weights_only=False)
     assert state["phase"] == "highres"
     grid = saved.highres.size // saved.model.patch_size
@@ -190,7 +199,15 @@ def test_demo_preset_learns_on_imagenette(imagenette_dir: Path, tmp_path: Path) 
     query = [(f, y) for y, c in enumerate(classes) for f in files[c][160:200]]
     args = write_dataset(train_files, tmp_path)
     out = tmp_path / "run"
-    run_train(args, out, ["train.num_workers=1", "train.log_every=10", "train.checkpoint_every=1000"])
+    # 40 steps of 32 images with 2 local crops, schedules compressed to them; measured (2 cores, busy):
+    # ~75 s of training, kNN 11% (random init: LayerScale 1e-5 makes every image look alike) -> 20%.
+    short = ["train.epochs=1", "train.iterations_per_epoch=40", "crops.local_number=2", "optim.base_lr=0.008"]
+    short += [
+        "optim.warmup_epochs=0.25",
+        "loss.warmup_teacher_temp_epochs=0.5",
+        "optim.freeze_last_layer_epochs=0.25",
+    ]
+    run_train(args, out, [*short, "train.num_workers=1", "train.log_every=5", "train.checkpoint_every=1000"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first, last = sum(r["loss"] for r in rows[:2]) / 2, sum(r["loss"] for r in rows[-2:]) / 2
     assert last < first, f"loss did not fall: {first:.3f} -> {last:.3f}"
@@ -210,4 +227,4 @@ def test_demo_preset_learns_on_imagenette(imagenette_dir: Path, tmp_path: Path) 
             qy,
         )
     print(f"kNN (k=20) accuracy: {accs}, loss {first:.3f} -> {last:.3f}")
-    assert accs["trained"] > accs["random"] + 0.03, accs
+    assert accs["trained"] > accs["random"] + 0.04, accs
