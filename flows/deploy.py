@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import serve
 from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 
 from flows.config import PipelineConfig
 from flows.pipeline import curate_and_pretrain
@@ -32,6 +33,9 @@ def nightly_deployment(config: PipelineConfig, cron: str = DEFAULT_CRON, timezon
         parameters={"config": config.model_dump(mode="json")},
         description="Nightly: ingest new images, filter, deduplicate, write a dataset version, pretrain.",
         tags=["dinoflow", "nightly"],
+        # Import the flow by module path: a file-path entrypoint puts flows/ on sys.path, where
+        # flows/<stage>.py modules could shadow the top-level packages.
+        entrypoint_type=EntrypointType.MODULE_PATH,
     )
 
 

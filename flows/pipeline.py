@@ -9,7 +9,7 @@ from prefect import flow
 from flows.config import PipelineConfig
 from flows.curate import curate
 from flows.dataset import dataset_version
-from flows.pretrain import pretrain
+from flows.pretrain_stage import pretrain
 
 
 @flow(name="curate-and-pretrain", log_prints=True)

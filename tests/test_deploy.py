@@ -19,6 +19,7 @@ def test_nightly_deployment_has_timezone_and_parameters() -> None:
     assert schedule.schedule.cron == "30 1 * * *"
     assert schedule.schedule.timezone == "Europe/Paris"
     assert PipelineConfig.model_validate(dep.parameters["config"]) == cfg
+    assert dep.entrypoint == "flows.pipeline.curate_and_pretrain"
 
 
 def test_serve_keeps_schedule_when_the_process_stops(monkeypatch: pytest.MonkeyPatch) -> None:
