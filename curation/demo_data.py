@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import random
 import shutil
 from pathlib import Path

@@ -101,7 +101,9 @@ class Catalog:
         data = table.to_pyarrow_table(columns=columns)
         return data
 
-    def append(self, name: str, data: pa.Table, schema: pa.Schema, metadata: dict[str, Any] | None = None) -> int:
+    def append(
+        self, name: str, data: pa.Table, schema: pa.Schema, metadata: dict[str, Any] | None = None
+    ) -> int:
         """Append rows in one atomic commit; creates the table on first write. Returns the version."""
         data = data.select(schema.names).cast(schema)
         write_deltalake(

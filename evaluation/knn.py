@@ -55,7 +55,10 @@ def knn_accuracy(
     num_classes = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
     return {
         k: float(
-            (knn_predict(train_features, train_labels, test_features, k, temperature, num_classes) == test_labels)
+            (
+                knn_predict(train_features, train_labels, test_features, k, temperature, num_classes)
+                == test_labels
+            )
             .float()
             .mean()
         )
@@ -97,13 +100,22 @@ def eval_transform(resize: int, crop: int):  # type: ignore[no-untyped-def]
     )
 
 
-def image_folder_loader(root: str, resize: int, crop: int, batch_size: int = 128, limit_per_class: int | None = None, num_workers: int = 0):  # type: ignore[no-untyped-def]
+def image_folder_loader(
+    root: str,
+    resize: int,
+    crop: int,
+    batch_size: int = 128,
+    limit_per_class: int | None = None,
+    num_workers: int = 0,
+):  # type: ignore[no-untyped-def]
     """Batches of an ImageFolder tree (``root/<class>/<image>``), optionally the first N per class."""
     from torchvision.datasets import ImageFolder
 
     dataset = ImageFolder(root, transform=eval_transform(resize, crop))
     if limit_per_class is not None:
         targets = np.asarray(dataset.targets)
-        keep = np.concatenate([np.flatnonzero(targets == c)[:limit_per_class] for c in range(len(dataset.classes))])
+        keep = np.concatenate(
+            [np.flatnonzero(targets == c)[:limit_per_class] for c in range(len(dataset.classes))]
+        )
         dataset = torch.utils.data.Subset(dataset, keep.tolist())  # type: ignore[assignment]
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

@@ -10,7 +10,7 @@ LOSS_KEYS = ("loss", "dino", "ibot", "koleo")  # the keys pretrain.train writes 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """The records of a ``metrics.jsonl`` file; a torn last line (killed writer) is ignored."""
-    records = []
+    records: list[dict[str, float]] = []
     if not path.exists():
         return records
     for line in path.read_text().splitlines():
@@ -36,7 +36,9 @@ def plot_loss_curves(metrics_path: Path, out_png: Path, title: str = "pretrainin
     phases = sorted({str(r.get("phase", "main")) for r in records})
     for ax, key in zip(axes[0], keys, strict=True):
         for phase in phases:
-            points = [(r["step"], r[key]) for r in records if key in r and str(r.get("phase", "main")) == phase]
+            points = [
+                (r["step"], r[key]) for r in records if key in r and str(r.get("phase", "main")) == phase
+            ]
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, label=phase, linewidth=1.2)

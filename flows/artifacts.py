@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 
 def artifact_key(text: str) -> str:
@@ -30,3 +36,12 @@ def image_markdown(path: Path, alt: str) -> str:
 
 def publish_markdown(key: str, markdown: str, description: str) -> None:
     create_markdown_artifact(markdown=markdown, key=artifact_key(key), description=description)
+
+
+def start_progress(key: str, description: str) -> UUID:
+    """A progress artifact at 0 % (shown on the run page); returns its id for ``set_progress``."""
+    return cast(UUID, create_progress_artifact(0.0, key=artifact_key(key), description=description))
+
+
+def set_progress(progress: UUID, percent: float) -> None:
+    update_progress_artifact(progress, min(100.0, max(0.0, percent)))

@@ -28,7 +28,9 @@ SetOpt = Annotated[
 CatalogOpt = Annotated[str, typer.Option("--catalog", help="Catalog root: a folder or an fsspec URI.")]
 
 
-def _pipeline_config(catalog: str, source: str | None, config: Path | None, overrides: list[str] | None, **extra):  # type: ignore[no-untyped-def]
+def _pipeline_config(
+    catalog: str, source: str | None, config: Path | None, overrides: list[str] | None, **extra
+):  # type: ignore[no-untyped-def]
     from flows.config import PipelineConfig
     from flows.settings import load_model
 
@@ -38,17 +40,23 @@ def _pipeline_config(catalog: str, source: str | None, config: Path | None, over
 
 @app.command()
 def curate(
-    source: Annotated[str, typer.Option("--source", help="Folder, fsspec URL, tar shards, or a parquet/CSV list.")],
+    source: Annotated[
+        str, typer.Option("--source", help="Folder, fsspec URL, tar shards, or a parquet/CSV list.")
+    ],
     catalog: CatalogOpt,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    dask_address: Annotated[str | None, typer.Option("--dask-address", help="Use an existing Dask cluster.")] = None,
+    dask_address: Annotated[
+        str | None, typer.Option("--dask-address", help="Use an existing Dask cluster.")
+    ] = None,
 ) -> None:
     """Ingest, filter and hash-deduplicate images into the catalog (Prefect ephemeral mode, no server)."""
     from flows.curate import curate as curate_flow
     from flows.report import print_summary
 
-    cfg = _pipeline_config(catalog, source, config, overrides, **({"dask_address": dask_address} if dask_address else {}))
+    cfg = _pipeline_config(
+        catalog, source, config, overrides, **({"dask_address": dask_address} if dask_address else {})
+    )
     result = curate_flow(cfg)
     print_summary(result)
 
@@ -56,7 +64,9 @@ def curate(
 @app.command()
 def run(
     catalog: CatalogOpt,
-    source: Annotated[str | None, typer.Option("--source", help="Images to ingest (omit to use the catalog as is).")] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Images to ingest (omit to use the catalog as is).")
+    ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -70,8 +80,12 @@ def run(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where the demo pool and catalog go.")] = Path(".dinoflow-demo"),
-    photos: Annotated[Path | None, typer.Option(help="Folder of real photos (default: ../shared/data/raw-photos).")] = None,
+    workdir: Annotated[Path, typer.Option(help="Where the demo pool and catalog go.")] = Path(
+        ".dinoflow-demo"
+    ),
+    photos: Annotated[
+        Path | None, typer.Option(help="Folder of real photos (default: ../shared/data/raw-photos).")
+    ] = None,
     pretrain: Annotated[bool, typer.Option(help="Also pretrain the demo model on 2 CPU cores.")] = True,
 ) -> None:
     """Build a demo pool from real photos (plus copies, edits, broken files) and run the pipeline on it."""
@@ -82,7 +96,9 @@ def demo(
 
 @app.command()
 def serve(
-    config: Annotated[Path, typer.Option("--config", help="YAML file with the pipeline settings (catalog, source, ...).")],
+    config: Annotated[
+        Path, typer.Option("--config", help="YAML file with the pipeline settings (catalog, source, ...).")
+    ],
     overrides: SetOpt = None,
     cron: Annotated[str, typer.Option(help="Cron schedule.")] = "0 2 * * *",
     timezone: Annotated[str, typer.Option(help="IANA timezone of the schedule.")] = "UTC",

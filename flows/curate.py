@@ -7,14 +7,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from curation import hashdedup, ingest, parallel
 from data_catalog.catalog import Catalog
 from data_catalog.images import status_counts
-from flows.artifacts import artifact_key, publish_counts
+from flows.artifacts import publish_counts, set_progress, start_progress
 from flows.config import PipelineConfig
 
 
@@ -27,8 +26,11 @@ def plan_partitions(config: PipelineConfig) -> list[list[str]]:
 
 
 @task(name="ingest-partition", retries=2, retry_delay_seconds=5, tags=["ingest"])
-def ingest_partition(index: int, uris: list[str], config: PipelineConfig, run_id: str, dask_address: str) -> str:
+def ingest_partition(
+    index: int, uris: list[str], config: PipelineConfig, run_id: str, dask_address: str
+) -> str:
     """Decode, hash and filter one partition on the Dask cluster; returns its staging parquet."""
+    assert config.source is not None, "partitions exist only for a source"
     args = (Catalog(config.catalog), index, uris, config.source, config.curate, run_id)
     if dask_address == "sync":
         return ingest.stage_partition(*args)
@@ -89,12 +91,12 @@ def curate(config: PipelineConfig) -> dict[str, Any]:
     logger.info("%d new files in %d partitions from %s", sum(map(len, plans)), len(plans), config.source)
     staging: list[str] = []
     if plans:
-        progress = create_progress_artifact(0.0, key=artifact_key("ingest-progress"), description="partitions ingested")
+        progress = start_progress("ingest-progress", "partitions ingested")
         with _cluster(config) as address:
             futures = [ingest_partition.submit(i, p, config, run_id, address) for i, p in enumerate(plans)]
             for done, future in enumerate(as_completed(futures), start=1):
                 staging.append(future.result())
-                update_progress_artifact(progress, 100.0 * done / len(plans))
+                set_progress(progress, 100.0 * done / len(plans))
     version = commit_ingest(config.catalog, sorted(staging), run_id)
     publish_counts("ingest", status_counts(catalog), f"after ingest and quality filters (images v{version})")
     dedup = hash_dedup(config, run_id) if config.curate.dedup.enabled else {}

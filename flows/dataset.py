@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from curation.dataset_version import create_dataset_version
 from data_catalog.catalog import Catalog
-from flows.artifacts import artifact_key, publish_markdown
+from flows.artifacts import publish_markdown, set_progress, start_progress
 from flows.config import DatasetStageConfig
 
 
@@ -15,11 +14,11 @@ from flows.config import DatasetStageConfig
 def dataset_version(catalog: str, stage: DatasetStageConfig) -> str:
     """Write a new immutable dataset version and return its reference ``NAME:vN``."""
     logger = get_run_logger()
-    progress = create_progress_artifact(0.0, key=artifact_key(f"dataset-{stage.name}-progress"), description="shards")
+    progress = start_progress(f"dataset-{stage.name}-progress", "shards")
 
     def on_progress(done: int, total: int) -> None:
         if total:
-            update_progress_artifact(progress, 100.0 * done / total)
+            set_progress(progress, 100.0 * done / total)
 
     record = create_dataset_version(
         Catalog(catalog),
@@ -31,9 +30,15 @@ def dataset_version(catalog: str, stage: DatasetStageConfig) -> str:
         config=stage.model_dump(mode="json"),
         progress=on_progress,
     )
-    update_progress_artifact(progress, 100.0)
+    set_progress(progress, 100.0)
     ref = f"{record.name}:v{record.version}"
-    logger.info("dataset %s: %d samples in %d shards at %s", ref, record.num_samples, record.num_shards, record.shards_uri)
+    logger.info(
+        "dataset %s: %d samples in %d shards at %s",
+        ref,
+        record.num_samples,
+        record.num_shards,
+        record.shards_uri,
+    )
     publish_markdown(
         f"dataset-{record.name}",
         f"# Dataset {ref}\n\n| field | value |\n|---|---|\n| samples | {record.num_samples} |\n"

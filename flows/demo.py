@@ -28,13 +28,21 @@ def planted_vs_found(planted: dict[str, int], counts: list[dict[str, object]]) -
     """What the demo planted next to what the catalog found (they match when the pipeline works)."""
 
     def found(status: str, reason: str | None = None) -> int:
-        return sum(int(str(r["count"])) for r in counts if r["status"] == status and (reason is None or r["reason"] == reason))
+        return sum(
+            int(str(r["count"]))
+            for r in counts
+            if r["status"] == status and (reason is None or r["reason"] == reason)
+        )
 
     table = Table(title="planted vs found")
     for col in ("kind", "planted", "found"):
         table.add_column(col, justify="right" if col != "kind" else "left")
     table.add_row("exact copies", str(planted["exact_copies"]), str(found("duplicate", "exact_duplicate")))
-    table.add_row("edited near-duplicates", str(planted["near_duplicates"]), str(found("duplicate", "near_duplicate_phash")))
+    table.add_row(
+        "edited near-duplicates",
+        str(planted["near_duplicates"]),
+        str(found("duplicate", "near_duplicate_phash")),
+    )
     table.add_row("broken / unusable files", str(planted["broken"]), str(found("rejected")))
     return table
 

@@ -25,7 +25,9 @@ DEFAULT_CRON = "0 2 * * *"  # 02:00 every night
 DEFAULT_TIMEZONE = "UTC"
 
 
-def nightly_deployment(config: PipelineConfig, cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE) -> Any:
+def nightly_deployment(
+    config: PipelineConfig, cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE
+) -> Any:
     """The runner deployment: the pipeline config becomes the deployment's default parameters."""
     return curate_and_pretrain.to_deployment(
         name=DEPLOYMENT_NAME,

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from evaluation.plots import plot_loss_curves, read_metrics
-from flows.artifacts import artifact_key, image_markdown, publish_markdown
+from flows.artifacts import image_markdown, publish_markdown, set_progress, start_progress
 from flows.config import PretrainStageConfig
 from pretrain import launch
 
@@ -23,7 +22,16 @@ def run_dir_for(catalog: str, dataset: str, stage: PretrainStageConfig) -> Path:
 
 
 def train_args(catalog: str, dataset: str, stage: PretrainStageConfig, run_dir: Path) -> list[str]:
-    args = ["--config", stage.preset, "--catalog", catalog, "--dataset", dataset, "--output-dir", str(run_dir)]
+    args = [
+        "--config",
+        stage.preset,
+        "--catalog",
+        catalog,
+        "--dataset",
+        dataset,
+        "--output-dir",
+        str(run_dir),
+    ]
     if stage.max_steps is not None:
         args += ["--max-steps", str(stage.max_steps)]
     for item in stage.overrides:
@@ -31,7 +39,8 @@ def train_args(catalog: str, dataset: str, stage: PretrainStageConfig, run_dir: 
     return args
 
 
-def _kill_children(*_: Any) -> None:
+def _kill_children(flow: Any, flow_run: Any, state: Any) -> None:
+    """Cancellation/crash hook: no rank may outlive its flow run."""
     launch.terminate_all()
 
 
@@ -39,14 +48,14 @@ def _kill_children(*_: Any) -> None:
 def torchrun_task(cmd: list[str], run_key: str) -> int:
     """Run torchrun; log lines go to the Prefect log, metrics lines to progress. Retries resume."""
     logger = get_run_logger()
-    progress = create_progress_artifact(0.0, key=artifact_key(f"{run_key}-progress"), description="pretraining")
+    progress = start_progress(f"{run_key}-progress", "pretraining")
     last_update = [0.0]
 
     def on_metrics(record: dict[str, float]) -> None:
         total = record.get("total_steps")
         now = time.monotonic()
         if total and now - last_update[0] > 2.0:
-            update_progress_artifact(progress, min(100.0, 100.0 * float(record["step"]) / float(total)))
+            set_progress(progress, min(100.0, 100.0 * float(record["step"]) / float(total)))
             last_update[0] = now
 
     def on_line(line: str) -> None:
@@ -60,7 +69,7 @@ def torchrun_task(cmd: list[str], run_key: str) -> int:
     code, tail = launch.run_streaming(cmd, on_line=on_line, on_metrics=on_metrics, on_start=on_start)
     if code != 0:
         raise RuntimeError(f"pretraining exited with code {code}; last lines:\n" + "\n".join(tail[-40:]))
-    update_progress_artifact(progress, 100.0)
+    set_progress(progress, 100.0)
     return code
 
 

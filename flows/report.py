@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from data_catalog.catalog import Catalog
-from data_catalog.images import TABLE as IMAGES, status_counts
+from data_catalog.images import TABLE as IMAGES
+from data_catalog.images import status_counts
 
 
 def catalog_summary(catalog: Catalog) -> dict[str, Any]:
@@ -20,7 +21,7 @@ def catalog_summary(catalog: Catalog) -> dict[str, Any]:
         "catalog": catalog.root,
         "images_table": catalog.table_uri(IMAGES),
         "table_versions": tables,
-        "total": sum(int(r["count"]) for r in counts),
+        "total": sum(int(str(r["count"])) for r in counts),
         "counts": counts,
     }
 

@@ -39,7 +39,9 @@ def _set(tree: dict[str, Any], path: list[str], value: Any, model: type[BaseMode
     _set(sub, path[1:], value, annotation)
 
 
-def load_model(model: type[M], file: str | Path | None = None, overrides: list[str] | None = None, **base: Any) -> M:
+def load_model(
+    model: type[M], file: str | Path | None = None, overrides: list[str] | None = None, **base: Any
+) -> M:
     """Build ``model`` from keyword defaults, then a YAML ``file``, then ``overrides``; validated once."""
     tree: dict[str, Any] = dict(base)
     if file is not None:

@@ -30,9 +30,17 @@ def default_nproc() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
-def torchrun_command(train_args: Sequence[str], nproc_per_node: int, nnodes: str = "1", rdzv_endpoint: str | None = None) -> list[str]:
+def torchrun_command(
+    train_args: Sequence[str], nproc_per_node: int, nnodes: str = "1", rdzv_endpoint: str | None = None
+) -> list[str]:
     """``python -m torch.distributed.run ... -m pretrain.train ARGS`` (a standalone rendezvous on 1 node)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc_per_node}", f"--nnodes={nnodes}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc_per_node}",
+        f"--nnodes={nnodes}",
+    ]
     if rdzv_endpoint:
         cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}"]
     else:

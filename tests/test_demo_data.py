@@ -12,7 +12,10 @@ def test_pool_from_wheel_photos(tmp_path: Path) -> None:
     assert len(wheel_photos()) >= 10, "scikit-image / scikit-learn sample photos are missing"
     planted = build_demo_pool(tmp_path / "pool", photos_dir=tmp_path / "absent", n_exact=3, n_near=4)
     files = [p for p in (tmp_path / "pool").rglob("*") if p.is_file()]
-    assert len(files) == planted["photos"] + planted["exact_copies"] + planted["near_duplicates"] + planted["broken"]
+    assert (
+        len(files)
+        == planted["photos"] + planted["exact_copies"] + planted["near_duplicates"] + planted["broken"]
+    )
     digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "pool" / "photos").iterdir()}
     copies = list((tmp_path / "pool" / "incoming" / "copies").iterdir())
     assert all(hashlib.sha256(p.read_bytes()).hexdigest() in digests for p in copies)
@@ -23,6 +26,10 @@ def test_pool_is_deterministic(tmp_path: Path, raw_photos: Path) -> None:
     a = build_demo_pool(tmp_path / "a", raw_photos, max_photos=40, n_exact=5, n_near=5, seed=1)
     b = build_demo_pool(tmp_path / "b", raw_photos, max_photos=40, n_exact=5, n_near=5, seed=1)
     assert a == b
-    names_a = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*") if p.is_file())
-    names_b = sorted(p.relative_to(tmp_path / "b").as_posix() for p in (tmp_path / "b").rglob("*") if p.is_file())
+    names_a = sorted(
+        p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    names_b = sorted(
+        p.relative_to(tmp_path / "b").as_posix() for p in (tmp_path / "b").rglob("*") if p.is_file()
+    )
     assert names_a == names_b

@@ -51,7 +51,10 @@ def test_curate_flow_accounts_for_every_file_and_is_incremental(
     assert rows.num_rows == n_inputs, "every input file has exactly one row"
     assert sorted(rows.column("uri").to_pylist()) == sorted(set(rows.column("uri").to_pylist()))
     assert sum(int(r["count"]) for r in first["counts"]) == n_inputs
-    by_name = {Path(u).name: (s, r) for u, s, r in zip(*(rows.column(c).to_pylist() for c in ("uri", "status", "reason")), strict=True)}
+    by_name = {
+        Path(u).name: (s, r)
+        for u, s, r in zip(*(rows.column(c).to_pylist() for c in ("uri", "status", "reason")), strict=True)
+    }
     assert by_name["ukbench09268_corrupt.jpg"] == ("rejected", "decode_error")
     statuses = {s for s, _ in by_name.values()}
     assert statuses == {"accepted", "rejected", "duplicate"}

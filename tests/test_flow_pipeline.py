@@ -13,7 +13,9 @@ from data_catalog.catalog import Catalog
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
 
-def test_curate_and_pretrain_on_real_images(prefect_harness: None, imagenette_dir: Path, tmp_path: Path) -> None:
+def test_curate_and_pretrain_on_real_images(
+    prefect_harness: None, imagenette_dir: Path, tmp_path: Path
+) -> None:
     from data_catalog.datasets import get_dataset, read_datasets
     from data_catalog.runs import read_runs
     from flows.config import PipelineConfig
@@ -32,8 +34,13 @@ def test_curate_and_pretrain_on_real_images(prefect_harness: None, imagenette_di
             "source": str(source),
             "dask_address": "sync",
             "dataset": {"name": "nette", "shard_max_bytes": 200_000},
-            "pretrain": {"enabled": True, "preset": "demo", "max_steps": 3, "nproc_per_node": 1,
-                         "overrides": ["train.batch_size_per_device=8", "train.num_workers=0"]},
+            "pretrain": {
+                "enabled": True,
+                "preset": "demo",
+                "max_steps": 3,
+                "nproc_per_node": 1,
+                "overrides": ["train.batch_size_per_device=8", "train.num_workers=0"],
+            },
         }
     )
     result = curate_and_pretrain(cfg)

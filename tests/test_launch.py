@@ -37,7 +37,9 @@ def test_stream_forwards_lines_and_metrics() -> None:
     script = 'import json\nprint("hello")\nfor s in range(3): print("DINOFLOW_METRICS " + json.dumps({"step": s, "loss": 1.0 / (s + 1)}))'
     lines: list[str] = []
     metrics: list[dict[str, float]] = []
-    code, tail = launch.run_streaming([sys.executable, "-c", script], on_line=lines.append, on_metrics=metrics.append)
+    code, tail = launch.run_streaming(
+        [sys.executable, "-c", script], on_line=lines.append, on_metrics=metrics.append
+    )
     assert code == 0
     assert lines[0] == "hello"
     assert [m["step"] for m in metrics] == [0, 1, 2]
@@ -45,7 +47,7 @@ def test_stream_forwards_lines_and_metrics() -> None:
 
 
 def test_parse_metrics_ignores_other_lines() -> None:
-    assert launch.parse_metrics("[rank0] DINOFLOW_METRICS {\"step\": 3}") == {"step": 3}
+    assert launch.parse_metrics('[rank0] DINOFLOW_METRICS {"step": 3}') == {"step": 3}
     assert launch.parse_metrics("loss went down") is None
     assert launch.parse_metrics("DINOFLOW_METRICS {broken") is None
 
@@ -80,7 +82,9 @@ def test_child_dies_when_launcher_is_killed(tmp_path) -> None:  # type: ignore[n
         time.sleep(600)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
     assert proc.stdout is not None
     child = int(proc.stdout.readline())
     assert _alive(child)
@@ -98,5 +102,7 @@ def test_torchrun_command_standalone_and_multinode() -> None:
 
 
 def test_format_metrics_is_readable() -> None:
-    line = launch.format_metrics({"step": 5, "total_steps": 200, "phase": "main", "loss": 12.5, "dino": 8.3, "images_per_s": 15.2})
+    line = launch.format_metrics(
+        {"step": 5, "total_steps": 200, "phase": "main", "loss": 12.5, "dino": 8.3, "images_per_s": 15.2}
+    )
     assert line == "step 5/200 [main] loss 12.5000 (dino 8.3000) 15.2 img/s"

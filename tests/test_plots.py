@@ -11,8 +11,19 @@ from evaluation.plots import plot_loss_curves, read_metrics
 
 
 def test_loss_curves_png(tmp_path: Path) -> None:
-    lines = [json.dumps({"step": s, "phase": "main" if s < 6 else "highres", "loss": 10 - s, "dino": 8 - s / 2,
-                         "ibot": 2.0, "koleo": -0.1}) for s in range(10)]
+    lines = [
+        json.dumps(
+            {
+                "step": s,
+                "phase": "main" if s < 6 else "highres",
+                "loss": 10 - s,
+                "dino": 8 - s / 2,
+                "ibot": 2.0,
+                "koleo": -0.1,
+            }
+        )
+        for s in range(10)
+    ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 10, "lo')
     assert len(read_metrics(tmp_path / "metrics.jsonl")) == 10
     out = plot_loss_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")

@@ -37,7 +37,9 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
 
 
 def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -49,25 +51,43 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_served_nightly_deployment_runs_and_keeps_its_schedule(imagededup_testdata: Path, tmp_path: Path) -> None:
+def test_served_nightly_deployment_runs_and_keeps_its_schedule(
+    imagededup_testdata: Path, tmp_path: Path
+) -> None:
     import httpx
 
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     (tmp_path / "home").mkdir()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
     config = tmp_path / "pipeline.yaml"
-    config.write_text(f"catalog: {tmp_path / 'catalog'}\nsource: {imagededup_testdata}\ndataset:\n  enabled: false\n")
-    server = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path / "server.log")
+    config.write_text(
+        f"catalog: {tmp_path / 'catalog'}\nsource: {imagededup_testdata}\ndataset:\n  enabled: false\n"
+    )
+    server = _start(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        tmp_path / "server.log",
+    )
     served = None
     try:
         _wait(lambda: _ok(httpx, f"{api}/health"), 180, "the Prefect server")
         serve_cmd = [str(BIN / "dinoflow"), "serve", "--config", str(config), "--timezone", "Europe/Paris"]
         served = _start(serve_cmd, env, tmp_path / "serve.log")
         _wait(lambda: _deployment(httpx, api) is not None, 180, "the deployment to register")
-        run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "curate-and-pretrain/nightly", "--watch"],
-                             env=env, capture_output=True, text=True, timeout=400)
+        run = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "curate-and-pretrain/nightly", "--watch"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "serve.log").read_text()[-3000:]
         assert "Completed" in run.stdout
 
@@ -76,7 +96,9 @@ def test_served_nightly_deployment_runs_and_keeps_its_schedule(imagededup_testda
         assert deployment is not None and deployment["paused"] is False
         (schedule,) = deployment["schedules"]
         assert schedule["active"] is True
-        assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "Europe/Paris"
+        assert (
+            schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "Europe/Paris"
+        )
     finally:
         if served is not None:
             _stop(served)

@@ -13,7 +13,9 @@ from flows.settings import dump_yaml, load_model, parse_override
 def test_file_then_overrides(tmp_path: Path) -> None:
     cfg_file = tmp_path / "p.yaml"
     cfg_file.write_text("catalog: /data/cat\ndataset:\n  name: web\n  seed: 3\n")
-    cfg = load_model(PipelineConfig, cfg_file, ["dataset.seed=7", "pretrain.enabled=true", "pretrain.overrides=[a=1]"])
+    cfg = load_model(
+        PipelineConfig, cfg_file, ["dataset.seed=7", "pretrain.enabled=true", "pretrain.overrides=[a=1]"]
+    )
     assert cfg.catalog == "/data/cat"
     assert cfg.dataset.name == "web" and cfg.dataset.seed == 7
     assert cfg.pretrain.enabled is True and cfg.pretrain.overrides == ["a=1"]
