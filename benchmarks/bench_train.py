@@ -88,8 +88,12 @@ def cpu_run(index: Path, out: Path, nproc: int, steps: int, overrides: list[str]
 
 
 def bench_cpu(steps: int) -> list[str]:
+    load_before = os.getloadavg()[0]
     lines = [
         "## CPU: demo preset (vit_pico, 64/32 px crops, 2 global + 4 local, 4096 prototypes), real images",
+        "",
+        "Each process: 1 loader worker; intra-op threads = cores per process - 1 (1 here). Throughput is",
+        "averaged over the logged windows after the first (start-up excluded).",
         "",
         "| processes | batch/process | images/s (all processes) | peak RSS per process (MB) | vs 1 process |",
         "|---|---|---|---|---|",
@@ -105,6 +109,11 @@ def bench_cpu(steps: int) -> list[str]:
                 f"| {nproc} | 32 | {res['images_per_s']:.1f} | {res['max_rss_mb']:.0f} | {res['images_per_s'] / base:.2f}x |"
             )
             print(lines[-1], flush=True)
+    lines += [
+        "",
+        f"1-minute load average before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+        "(other jobs on the machine slow both rows)",
+    ]
     return lines
 
 
@@ -125,55 +134,65 @@ def synthetic_batch(cfg, device: torch.device) -> dict:  # noqa: ANN001 - TrainC
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def bench_gpu(preset: str, steps: int, peak_tflops: float) -> list[str]:
-    if not torch.cuda.is_available():
-        msg = f"## GPU ({preset}): skipped, no CUDA device on this machine"
-        print(msg)
-        return [msg]
+def measure_steps(
+    preset: str, device: torch.device, steps: int, batch: int | None = None
+) -> dict[str, float]:
+    """Seconds per full-recipe step, FLOPs of one step (forward + backward, teacher included) and peak
+    allocated bytes (CUDA) on ``device``; ``batch`` overrides the preset's per-device batch."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from pretrain.config import load_config
     from pretrain.optim import apply_schedule, build_optimizer, param_groups
     from pretrain.ssl import build_ssl_model
 
-    device = torch.device("cuda", 0)
-    cfg = load_config(
-        preset, ["heads.dino.prototypes=65536", "heads.ibot.prototypes=65536", "crops.local_number=8"]
-    )
+    overrides = ["heads.dino.prototypes=65536", "heads.ibot.prototypes=65536", "crops.local_number=8"]
+    cfg = load_config(preset, overrides + ([f"train.batch_size_per_device={batch}"] if batch else []))
     model = build_ssl_model(cfg, cfg.crops.global_size).to(device).train()
     groups = param_groups(model.student.named_parameters(), model.student.backbone.n_blocks, 0.9, 0.2)
     opt = build_optimizer(groups, (0.9, 0.999))
-    batch = synthetic_batch(cfg, device)
+    data = synthetic_batch(cfg, device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     def step() -> None:
         apply_schedule(opt, 1e-4, 0.04, False)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _ = model.losses(batch, 0.07)
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            loss, _ = model.losses(data, 0.07)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         model.update_teacher(0.994)
 
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     with FlopCounterMode(display=False) as counter:
         step()
-    flops = counter.get_total_flops()
-    for _ in range(3):
+    for _ in range(2):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats(device)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - start) / steps
-    b = cfg.train.batch_size_per_device
-    mfu = flops / dt / (peak_tflops * 1e12)
+    sync()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return {"s_per_step": (time.perf_counter() - start) / steps, "flops": float(counter.get_total_flops()),
+            "peak_bytes": float(peak), "batch": cfg.train.batch_size_per_device}  # fmt: skip
+
+
+def bench_gpu(preset: str, steps: int, peak_tflops: float) -> list[str]:
+    r = measure_steps(preset, torch.device("cuda", 0), steps)
+    dt, b = r["s_per_step"], int(r["batch"])
+    mfu = r["flops"] / dt / (peak_tflops * 1e12)
     return [
         f"## GPU: {preset}, 2x224 + 8x98 crops, 65,536 prototypes, bf16 autocast, fused AdamW, synthetic batches",
         "",
         "| preset | batch/GPU | s/step | images/s/GPU | peak allocated (GB) | TFLOP/step (fwd+bwd, teacher incl.) | MFU |",
         "|---|---|---|---|---|---|---|",
-        f"| {preset} | {b} | {dt:.3f} | {b / dt:.0f} | {torch.cuda.max_memory_allocated(device) / 1e9:.1f} | {flops / 1e12:.2f} | {100 * mfu:.1f}% (of {peak_tflops:.0f} TFLOP/s) |",
+        f"| {preset} | {b} | {dt:.3f} | {b / dt:.0f} | {r['peak_bytes'] / 1e9:.1f} | {r['flops'] / 1e12:.2f} | "
+        f"{100 * mfu:.1f}% (of {peak_tflops:.0f} TFLOP/s) |",
     ]
 
 
@@ -185,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         "--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)"
     )
     args = p.parse_args(argv)
+    if args.gpu and not torch.cuda.is_available():
+        print(f"bench_train --gpu {args.gpu}: skipped, no CUDA device on this machine (nothing written)")
+        return 0
     lines = ["# Training throughput", "", f"Machine: {machine()}", ""]
     lines += bench_gpu(args.gpu, args.steps, args.peak_tflops) if args.gpu else bench_cpu(args.steps)
     text = "\n".join(lines) + "\n"
