@@ -55,10 +55,15 @@ def dataset_args(imagenette_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return write_dataset(files, tmp_path_factory.mktemp("ds"))
 
 
-def test_losses_are_finite_and_only_the_student_learns(imagenette_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "variant",
+    [[], ["loss.centering=sinkhorn_knopp", "heads.ibot_separate_head=true", "heads.ibot.prototypes=128"]],
+    ids=["softmax-shared-head", "sinkhorn-separate-ibot-head"],
+)
+def test_losses_are_finite_and_only_the_student_learns(imagenette_dir: Path, variant: list[str]) -> None:
     from pretrain.ssl import build_ssl_model
 
-    cfg = load_config("demo", ["heads.dino.prototypes=256", "crops.local_number=2"])
+    cfg = load_config("demo", ["heads.dino.prototypes=256", "crops.local_number=2", *variant])
     torch.manual_seed(0)
     model = build_ssl_model(cfg, cfg.crops.global_size)
     transform, collate = build_transform_and_collate(cfg, "main")
@@ -71,6 +76,9 @@ def test_losses_are_finite_and_only_the_student_learns(imagenette_dir: Path) -> 
     expected = expected + weights.koleo_weight * parts["koleo"]
     assert torch.isfinite(total) and torch.allclose(total.detach(), expected)
     assert parts["dino"] > 0 and parts["ibot"] > 0
+    assert (model.student.ibot_head is not None) == cfg.heads.ibot_separate_head
+    centers_moved = bool(model.dino_loss.center.abs().sum() > 0)
+    assert centers_moved == (cfg.loss.centering == "softmax")  # Sinkhorn-Knopp keeps no center
     total.backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.student.backbone.parameters())
