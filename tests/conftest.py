@@ -11,6 +11,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the Prefect flow tests last.
+
+    A flow run leaves process-wide state behind in the pytest process (Prefect's and Dask's
+    background threads); a DataLoader worker forked from it afterwards exits with code 1 at
+    shutdown. Training itself always runs in its own torchrun process, so only the in-process
+    loader tests are exposed: they run before any flow.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("prefect") is not None)
+
+
 def shared_data_dir() -> Path:
     """``$DINOFLOW_SHARED_DATA`` or ``../shared/data`` next to the repository."""
     return Path(os.environ.get("DINOFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -61,9 +72,12 @@ def imagededup_testdata(shared_data: Path) -> Path:
     return shared_data / "imagededup-testdata"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A real Prefect ephemeral API on a temporary database, with results and home in tmp.
+
+    Module-scoped: the server and Prefect's background threads stop when the flow module ends, so
+    later tests that fork (DataLoader workers) do not fork a process full of live threads.
 
     prefect_test_harness isolates the database but not result storage, so that is pointed at a
     temporary folder too. The ephemeral API takes 10-20 s to start on a fresh home.
