@@ -111,6 +111,27 @@ def serve(
     serve_nightly(load_model(PipelineConfig, config, overrides or []), cron=cron, timezone=timezone)
 
 
+@app.command("bootstrap-backbone")
+def bootstrap_backbone(
+    data: Annotated[
+        Path, typer.Option(help="The shared data folder (CIFAR-10, Imagenette archives).")
+    ] = Path("../shared/data"),
+    out: Annotated[Path, typer.Option(help="Where the fp16 backbone and metrics go.")] = Path(
+        "assets/bootstrap-backbone"
+    ),
+    workdir: Annotated[Path, typer.Option(help="Catalog, extracted images and the run.")] = Path(
+        ".dinoflow-bootstrap"
+    ),
+    steps: Annotated[int, typer.Option(help="Training steps (batch 32, demo preset).")] = 700,
+    overrides: SetOpt = None,
+) -> None:
+    """Reproduce the shipped bootstrap backbone and its CIFAR-10 kNN numbers (CPU, under an hour)."""
+    from flows.bootstrap import build_bootstrap
+
+    record = build_bootstrap(data, workdir, out, steps, overrides=overrides or [])
+    typer.echo(json.dumps(record["knn_cifar10_test"], indent=2))
+
+
 @catalog_app.command("stats")
 def catalog_stats(
     catalog: CatalogOpt,
