@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import time
@@ -27,23 +26,11 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
+from benchmarks.common import machine
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, BatchedPhotometric, MultiCropAugmentation
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "augment.md"
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return f"nproc {os.cpu_count()}, CPU {cpu}, GPU {gpu}, torch {torch.__version__}, python {platform.python_version()}"
 
 
 class PILBlur:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,21 +26,10 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import machine
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "backbone.md"
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return f"nproc {os.cpu_count()}, CPU {cpu}, GPU {gpu}, torch {torch.__version__}"
 
 
 def build_pair(arch: str, size: int, device: str) -> tuple[torch.nn.Module, torch.nn.Module, float]:
