@@ -7,7 +7,9 @@ Both run in this ONE process (one core) over the same files (500 raw photos, wid
 - naive: read bytes, sha256, full PIL decode + ``convert("RGB")``, ``imagehash.phash(full image)``,
   luma mean/std on the full grayscale image;
 - ours: ``process_partition`` (read, sha256, header checks, JPEG DCT draft decode to a 128 px
-  thumbnail, pHash + luma + Laplacian sharpness on it, quality filters, Arrow rows).
+  thumbnail, pHash + luma + Laplacian sharpness on it, quality filters, Arrow rows);
+- two stage-only rows (not pipelines): read + open + the draft decode ours does, and the same at
+  libjpeg's smallest scale (1/8), to show how much of ours is decoding and where the ceiling is.
 
 Each is timed ``--repeats`` times, alternating, after a warm-up; the best CPU time counts (the
 machine is shared). Also timed on the photos with short side >= 512 px, where DCT draft decoding
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import platform
 import time
@@ -55,6 +58,24 @@ def naive_as_briefed(paths: list[str]) -> int:
     return naive(paths, luma=False)
 
 
+def decode_only(paths: list[str], size: int = CurateConfig().ingest.thumbnail_size) -> int:
+    """Stage, not a pipeline: read + open + the JPEG draft decode ``process_partition`` does (luma,
+    smallest DCT scale with short side >= ``size``), nothing else. The floor for ours."""
+    for path in paths:
+        with open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("L", (size, size))
+            img.load()
+    return len(paths)
+
+
+def decode_only_dc(paths: list[str]) -> int:
+    """Stage: as ``decode_only`` at the smallest scale libjpeg has (1/8, DC only): still decodes
+    every Huffman-coded coefficient, so this is the floor of ANY libjpeg-based pipeline."""
+    return decode_only(paths, size=1)
+
+
 def ours(paths: list[str]) -> int:
     table = process_partition(paths, "bench", CurateConfig(), "bench")
     return table.num_rows
@@ -81,6 +102,8 @@ PIPELINES = {
     "naive (as briefed): full decode + RGB + imagehash.phash(full) + sha256": naive_as_briefed,
     "naive + luma mean/std on the full image (same outputs as ours)": naive,
     "ours: `process_partition` (draft luma thumbnail, pHash, luma, sharpness, filters, Arrow rows)": ours,
+    "stage only: read + open + draft decode as ours does (no hashes, metrics, rows)": decode_only,
+    "stage only: read + open + 1/8-scale (DC-only) decode, the floor of any libjpeg pipeline": decode_only_dc,
 }
 
 
@@ -108,6 +131,23 @@ def _table(title: str, n: int, best: dict[str, tuple[float, float]]) -> list[str
     return [*lines, ""]
 
 
+def _why_not_more(best: dict[str, tuple[float, float]], n: int) -> list[str]:
+    """Per-image CPU ms of each stage (from this run) and the decode-bound ceiling of the speed-up."""
+    ms = {name: 1e3 * cpu / n for name, (cpu, _) in best.items()}
+    naive_ms, ours_ms, dec_ms, dc_ms = (ms[name] for name in list(PIPELINES)[:1] + list(PIPELINES)[2:])
+    return [
+        "Where ours spends its time (CPU ms per image, all raw photos, this run): "
+        f"naive {naive_ms:.2f}; ours {ours_ms:.2f} = read + open + draft decode {dec_ms:.2f} + the rest "
+        f"(sha256, EXIF, thumbnail resize, pHash, luma, sharpness, filters, Arrow rows) {ours_ms - dec_ms:.2f}. "
+        f"2.5x the naive loop would need <= {naive_ms / 2.5:.2f} ms per image in all; even libjpeg's "
+        f"smallest scale (1/8, DC only) costs {dc_ms:.2f} ms just to read, open and decode, because "
+        "libjpeg must still Huffman-decode every coefficient of every block. Decode-bound ceiling: "
+        f"{naive_ms / dec_ms:.2f}x at our scale, {naive_ms / dc_ms:.2f}x at 1/8. "
+        "The larger the photos, the larger the gain (table 2).",
+        "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
@@ -117,6 +157,7 @@ def main() -> None:
     paths = sorted(str(p) for p in args.images.iterdir() if p.is_file())
     large = [p for p in paths if min(Image.open(p).size) >= 512]
     ours(paths[:20]), naive(paths[:20])  # warm-up: imports, scipy, page cache
+    best_all = _measure(paths, args.repeats)
     import torch
 
     lines = [
@@ -128,12 +169,13 @@ def main() -> None:
         f"Pillow {Image.__version__}, imagehash {imagehash.__version__}. Best of {args.repeats} "
         "alternating rounds; CPU time of this process is the per-core measure (the machine is shared).",
         "",
-        *_table("All raw photos", len(paths), _measure(paths, args.repeats)),
+        *_table("All raw photos", len(paths), best_all),
         *_table("Raw photos with short side >= 512 px", len(large), _measure(large, args.repeats)),
-        "Why not more on small photos: the DCT-draft decode still entropy-decodes every coefficient "
-        "(libjpeg cannot skip Huffman decoding), ~1.0 ms per median 500x375 photo here, against "
-        "~3 ms for the whole naive loop; our remaining work (read, sha256, header, thumbnail, "
-        "pHash, luma, sharpness, filters, rows) is ~0.6 ms. The larger the photos, the larger the gain.",
+        *_why_not_more(best_all, len(paths)),
+        "Tried and not kept (measured 2026-11-23 on this machine): `thumbnail_size` 32 (1/8-scale "
+        "decode for most photos) reached 1.95x, not 2.5x, and costs dedup quality: at radius 6, "
+        "recall on resize 50/25/150% falls from 1.000/1.000/1.000 to 0.996/0.996/0.998 and draft-vs-full "
+        "pHash differs by up to 12 bits (4 at 128 px). 128 px stays the default.",
         "",
     ]
     text = "\n".join(lines)
