@@ -175,7 +175,10 @@ def main() -> None:
         "Tried and not kept (measured 2026-11-23 on this machine): `thumbnail_size` 32 (1/8-scale "
         "decode for most photos) reached 1.95x, not 2.5x, and costs dedup quality: at radius 6, "
         "recall on resize 50/25/150% falls from 1.000/1.000/1.000 to 0.996/0.996/0.998 and draft-vs-full "
-        "pHash differs by up to 12 bits (4 at 128 px). 128 px stays the default.",
+        "pHash differs by up to 12 bits (4 at 128 px). 128 px stays the default. "
+        "A different decoder does not change the picture: Pillow already uses libjpeg-turbo 3.2; "
+        "simplejpeg (same library, no chunked Python reads) decodes grayscale at our scale in 0.87 ms and "
+        "at 1/8 in 0.79 ms per image vs Pillow's 1.01 ms (read + open + decode), about 0.15 ms saved.",
         "",
     ]
     text = "\n".join(lines)
