@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -99,3 +99,29 @@ def check_centering(name: str) -> str:
     if name not in CENTERING:
         raise ValueError(f"unknown centering {name!r}; valid choices: {sorted(CENTERING)}")
     return name
+
+
+class CenteredTeacher(nn.Module):
+    """The stateful part shared by the DINO and iBOT losses: an EMA ``center`` [1, K] and the
+    teacher's target distributions (softmax centering with it, or Sinkhorn-Knopp without it)."""
+
+    center: Tensor
+
+    def __init__(self, dim: int, student_temp: float, center_momentum: float) -> None:
+        super().__init__()
+        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.register_buffer("center", torch.zeros(1, dim))
+
+    @torch.no_grad()
+    def teacher_probs(
+        self, teacher_logits: Tensor, teacher_temp: float, centering: str = "softmax"
+    ) -> Tensor:
+        """[N, K] teacher logits -> [N, K] fp32 target distributions (rows sum to 1)."""
+        if check_centering(centering) == "softmax":
+            return softmax_center(teacher_logits, self.center, teacher_temp)
+        return sinkhorn_knopp(teacher_logits, teacher_temp)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: Tensor) -> None:
+        """center <- EMA with the mean of ``teacher_logits`` [N, K] over all processes."""
+        self.center.copy_(update_center(self.center, teacher_logits, self.center_momentum))

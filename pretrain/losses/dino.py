@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from pretrain.losses import centering as C
 
@@ -60,7 +60,7 @@ def dino_loss(student_logits: list[Tensor], teacher_probs: list[Tensor], student
     return terms[keep].mean()
 
 
-class DINOLoss(nn.Module):
+class DINOLoss(C.CenteredTeacher):
     """DINO loss with the teacher's ``center`` buffer [1, K] (fp32, saved in the state dict).
 
     ``teacher_probs(logits, temp, centering)`` turns teacher logits [N, K] into targets (``softmax``
@@ -69,26 +69,9 @@ class DINOLoss(nn.Module):
     :func:`dino_loss`.
     """
 
-    center: Tensor
-
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
-        super().__init__()
-        self.out_dim, self.student_temp, self.center_momentum = out_dim, student_temp, center_momentum
-        self.register_buffer("center", torch.zeros(1, out_dim))
-
-    @torch.no_grad()
-    def teacher_probs(
-        self, teacher_logits: Tensor, teacher_temp: float, centering: str = "softmax"
-    ) -> Tensor:
-        """[N, K] teacher logits -> [N, K] fp32 target distributions (rows sum to 1)."""
-        if C.check_centering(centering) == "softmax":
-            return C.softmax_center(teacher_logits, self.center, teacher_temp)
-        return C.sinkhorn_knopp(teacher_logits, teacher_temp)
-
-    @torch.no_grad()
-    def update_center(self, teacher_logits: Tensor) -> None:
-        """center <- EMA with the mean of ``teacher_logits`` [N, K] over all processes."""
-        self.center.copy_(C.update_center(self.center, teacher_logits, self.center_momentum))
+        super().__init__(out_dim, student_temp, center_momentum)
+        self.out_dim = out_dim
 
     def forward(self, student_logits: list[Tensor], teacher_probs: list[Tensor]) -> Tensor:
         return dino_loss(student_logits, teacher_probs, self.student_temp)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from pretrain.losses import centering as C
 
@@ -41,34 +41,16 @@ def ibot_patch_loss(
     return (per_patch * masks_weight.float()).sum() / n_images
 
 
-class iBOTPatchLoss(nn.Module):  # noqa: N801 - the paper's spelling
+class iBOTPatchLoss(C.CenteredTeacher):  # noqa: N801 - the paper's spelling
     """iBOT loss on masked patches with its own ``center`` buffer [1, K'] (fp32, in the state dict).
 
     ``teacher_probs`` and ``update_center`` behave as in :class:`pretrain.losses.DINOLoss`, on the
     teacher's patch logits [M, K'] at the masked positions.
     """
 
-    center: Tensor
-
     def __init__(self, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
-        super().__init__()
-        self.patch_out_dim, self.student_temp = patch_out_dim, student_temp
-        self.center_momentum = center_momentum
-        self.register_buffer("center", torch.zeros(1, patch_out_dim))
-
-    @torch.no_grad()
-    def teacher_probs(
-        self, teacher_logits: Tensor, teacher_temp: float, centering: str = "softmax"
-    ) -> Tensor:
-        """[M, K'] teacher patch logits -> [M, K'] fp32 target distributions."""
-        if C.check_centering(centering) == "softmax":
-            return C.softmax_center(teacher_logits, self.center, teacher_temp)
-        return C.sinkhorn_knopp(teacher_logits, teacher_temp)
-
-    @torch.no_grad()
-    def update_center(self, teacher_logits: Tensor) -> None:
-        """center <- EMA with the mean of the masked patches' logits [M, K'] over all processes."""
-        self.center.copy_(C.update_center(self.center, teacher_logits, self.center_momentum))
+        super().__init__(patch_out_dim, student_temp, center_momentum)
+        self.patch_out_dim = patch_out_dim
 
     def forward_masked(
         self,
