@@ -18,13 +18,18 @@ one writer module (``images.py``, ``datasets.py``, ``runs.py``).
 from __future__ import annotations
 
 import os
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+
+T = TypeVar("T")
 
 
 def _normalise_root(root: str | os.PathLike[str]) -> str:
@@ -117,6 +122,17 @@ class Catalog:
         assert version is not None
         return version
 
+    def _create(self, name: str, data: pa.Table, metadata: dict[str, Any] | None) -> int:
+        """Create the table with ``data`` as version 0; raises if another writer created it first."""
+        write_deltalake(
+            self.table_uri(name),
+            data,
+            mode="error",  # create only: losing the race raises, and the caller retries as a merge
+            storage_options=self.storage_options or None,
+            commit_properties=_commit(metadata),
+        )
+        return 0
+
     def upsert(
         self,
         name: str,
@@ -125,32 +141,105 @@ class Catalog:
         key: str,
         metadata: dict[str, Any] | None = None,
     ) -> int:
-        """Insert new rows and replace rows whose ``key`` matches, in one atomic commit."""
+        """Insert new rows and replace rows whose ``key`` matches, in one atomic commit.
+
+        Safe beside other writers of the same table (two training runs registering themselves, a
+        pipeline run beside a manual ``dinoflow dataset create``): a merge that loses the commit race
+        to a concurrent transaction is re-read and re-run (:func:`retry_on_conflict`). A merge is
+        idempotent on ``key``, so re-running it cannot duplicate rows.
+        """
         data = data.select(schema.names).cast(schema)
-        table = self._delta(name)
-        if table is None:
-            return self.append(name, data, schema, metadata)
-        if data.num_rows == 0:
-            return table.version()
-        (
-            table.merge(
-                source=data,
-                predicate=f"target.{key} = source.{key}",
-                source_alias="source",
-                target_alias="target",
-                commit_properties=_commit(metadata),
+
+        def attempt() -> int:
+            table = self._delta(name)
+            if table is None:
+                return self._create(name, data, metadata)
+            if data.num_rows == 0:
+                return table.version()
+            (
+                table.merge(
+                    source=data,
+                    predicate=f"target.{key} = source.{key}",
+                    source_alias="source",
+                    target_alias="target",
+                    commit_properties=_commit(metadata),
+                )
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
             )
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute()
-        )
-        version = self.version(name)
-        assert version is not None
-        return version
+            return table.version()  # the version this merge committed, not a later writer's
+
+        return retry_on_conflict(attempt, f"upsert into {self.table_uri(name)}")
+
+    def insert_new(
+        self,
+        name: str,
+        data: pa.Table,
+        schema: pa.Schema,
+        key: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[int, int]:
+        """Insert the rows whose ``key`` is not in the table yet, atomically -> (version, rows inserted).
+
+        Rows whose key exists are left untouched (immutable records: dataset versions). Concurrent
+        writers are serialised by the commit protocol: of two processes inserting the same key, one
+        inserts and the other sees it and inserts nothing.
+        """
+        data = data.select(schema.names).cast(schema)
+
+        def attempt() -> tuple[int, int]:
+            table = self._delta(name)
+            if table is None:
+                return self._create(name, data, metadata), data.num_rows
+            if data.num_rows == 0:
+                return table.version(), 0
+            metrics = (
+                table.merge(
+                    source=data,
+                    predicate=f"target.{key} = source.{key}",
+                    source_alias="source",
+                    target_alias="target",
+                    commit_properties=_commit(metadata),
+                )
+                .when_not_matched_insert_all()
+                .execute()
+            )
+            return table.version(), int(metrics.get("num_target_rows_inserted", 0))
+
+        return retry_on_conflict(attempt, f"insert into {self.table_uri(name)}")
 
     def history(self, name: str) -> list[dict[str, Any]]:
         table = self._delta(name)
         return [] if table is None else table.history()
+
+
+COMMIT_RETRIES = 10
+
+
+def retry_on_conflict(attempt: Callable[[], T], what: str, retries: int = COMMIT_RETRIES) -> T:
+    """Run ``attempt`` again (jittered exponential backoff, 50 ms doubling up to 2 s) while it loses a
+    commit race: deltalake's ``CommitFailedError`` (a concurrent transaction touched what this one
+    read) or the table being created by another writer at the same moment. After ``retries``
+    attempts the last error is raised with what was being written.
+    """
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    delay = 0.05
+    for n in range(1, retries + 1):
+        try:
+            return attempt()
+        except (CommitFailedError, DeltaError, FileExistsError) as exc:
+            racing = isinstance(exc, CommitFailedError) or "already exists" in str(exc)
+            if not racing:
+                raise
+            if n == retries:
+                raise RuntimeError(
+                    f"{what}: still conflicting with concurrent writers after {retries} attempts: {exc}"
+                ) from exc
+            time.sleep(delay * (1.0 + random.random()))
+            delay = min(delay * 2.0, 2.0)
+    raise AssertionError("unreachable")
 
 
 def _commit(metadata: dict[str, Any] | None) -> Any:

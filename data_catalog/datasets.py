@@ -153,4 +153,11 @@ def register_dataset(catalog: Catalog, record: DatasetRecord) -> int:
     if record.version in versions(catalog, record.name):
         raise FileExistsError(f"dataset {record.dataset_id} already exists in catalog {catalog.root}")
     row = pa.Table.from_pylist([record.to_row()], schema=DATASETS_SCHEMA)
-    return catalog.append(TABLE, row, DATASETS_SCHEMA, metadata={"dataset": record.dataset_id})
+    # insert-if-absent on dataset_id, not a blind append: of two writers racing to register the
+    # same NAME:vN, exactly one row lands and the other gets this error
+    version, inserted = catalog.insert_new(
+        TABLE, row, DATASETS_SCHEMA, key="dataset_id", metadata={"dataset": record.dataset_id}
+    )
+    if inserted != 1:
+        raise FileExistsError(f"dataset {record.dataset_id} already exists in catalog {catalog.root}")
+    return version

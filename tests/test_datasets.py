@@ -87,7 +87,11 @@ def test_versions_increment_with_lineage_and_old_versions_stay(
     )
     table = read_datasets(catalog)
     assert table.column("dataset_id").to_pylist() == ["curated:v1", "curated:v2"]
-    assert catalog.history(TABLE)[0]["operation"] in {"WRITE", "CREATE TABLE"}
+    # versions are immutable: every commit of the table only inserts (insert-if-absent merges)
+    for commit in catalog.history(TABLE):
+        metrics = commit.get("operationMetrics", {})
+        assert commit["operation"] in {"WRITE", "CREATE TABLE", "MERGE"}, commit
+        assert metrics.get("num_target_rows_updated", 0) == metrics.get("num_target_rows_deleted", 0) == 0
     assert verify_dataset(catalog, "curated", 1)["ok"] and verify_dataset(catalog, "curated")["ok"]
 
 
