@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from fsspec.core import split_protocol
 
 from curation.shards import (
     EncodedImage,
@@ -247,8 +248,15 @@ def _publish(catalog: Catalog, tmp: str, final: str) -> None:
         raise FileExistsError(f"{final} already exists: another write took this version; re-run")
     if catalog.is_local:
         os.rename(tmp, final)  # atomic; fails if another writer created ``final`` meanwhile
-    else:
-        fs.mv(tmp, final, recursive=True)
+        return
+    # object stores have no folders and no rename: copy each object server-side, then delete the
+    # temp objects. Not atomic, and it need not be: the catalog row, committed after this, is
+    # what makes the version visible.
+    prefix = split_protocol(tmp)[1].rstrip("/") + "/"
+    for src in fs.find(tmp):  # paths without the protocol
+        rel = split_protocol(str(src))[1][len(prefix) :]
+        fs.copy(src, posixpath.join(final, rel))
+    fs.rm(tmp, recursive=True)
 
 
 def _selection_and_version(catalog: Catalog, selection: pa.Table | None) -> tuple[pa.Table, int | None]:
