@@ -125,9 +125,8 @@ def register(catalog: str | None, row: dict[str, Any]) -> None:
     """Upsert ``row`` into the catalog's ``runs`` table (no-op without a catalog)."""
     if catalog is None:
         return
-    from data_catalog.runs import register_run
-
     from data_catalog.catalog import Catalog
+    from data_catalog.runs import register_run
 
     register_run(Catalog(catalog), row)
 
