@@ -124,12 +124,15 @@ class Catalog:
 
     def _create(self, name: str, data: pa.Table, metadata: dict[str, Any] | None) -> int:
         """Create the table with ``data`` as version 0; raises if another writer created it first."""
+        # Create only. deltalake would otherwise rebase a writer that lost the race to create the
+        # table onto the winner's version 0 as a blind append (measured: two creators, two rows
+        # with one key); with no commit retries the loser raises and the caller retries as a merge.
         write_deltalake(
             self.table_uri(name),
             data,
-            mode="error",  # create only: losing the race raises, and the caller retries as a merge
+            mode="error",
             storage_options=self.storage_options or None,
-            commit_properties=_commit(metadata),
+            commit_properties=_commit(metadata, max_commit_retries=0),
         )
         return 0
 
@@ -148,29 +151,7 @@ class Catalog:
         to a concurrent transaction is re-read and re-run (:func:`retry_on_conflict`). A merge is
         idempotent on ``key``, so re-running it cannot duplicate rows.
         """
-        data = data.select(schema.names).cast(schema)
-
-        def attempt() -> int:
-            table = self._delta(name)
-            if table is None:
-                return self._create(name, data, metadata)
-            if data.num_rows == 0:
-                return table.version()
-            (
-                table.merge(
-                    source=data,
-                    predicate=f"target.{key} = source.{key}",
-                    source_alias="source",
-                    target_alias="target",
-                    commit_properties=_commit(metadata),
-                )
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute()
-            )
-            return table.version()  # the version this merge committed, not a later writer's
-
-        return retry_on_conflict(attempt, f"upsert into {self.table_uri(name)}")
+        return self._merge(name, data, schema, key, metadata, update=True)[0]
 
     def insert_new(
         self,
@@ -186,6 +167,19 @@ class Catalog:
         writers are serialised by the commit protocol: of two processes inserting the same key, one
         inserts and the other sees it and inserts nothing.
         """
+        return self._merge(name, data, schema, key, metadata, update=False)
+
+    def _merge(
+        self,
+        name: str,
+        data: pa.Table,
+        schema: pa.Schema,
+        key: str,
+        metadata: dict[str, Any] | None,
+        update: bool,
+    ) -> tuple[int, int]:
+        """Merge on ``key`` (matched rows replaced when ``update``), retried on commit conflicts ->
+        (the version this merge committed, not a later writer's; rows inserted)."""
         data = data.select(schema.names).cast(schema)
 
         def attempt() -> tuple[int, int]:
@@ -194,20 +188,20 @@ class Catalog:
                 return self._create(name, data, metadata), data.num_rows
             if data.num_rows == 0:
                 return table.version(), 0
-            metrics = (
-                table.merge(
-                    source=data,
-                    predicate=f"target.{key} = source.{key}",
-                    source_alias="source",
-                    target_alias="target",
-                    commit_properties=_commit(metadata),
-                )
-                .when_not_matched_insert_all()
-                .execute()
+            merger = table.merge(
+                source=data,
+                predicate=f"target.{key} = source.{key}",
+                source_alias="source",
+                target_alias="target",
+                commit_properties=_commit(metadata),
             )
+            if update:
+                merger = merger.when_matched_update_all()
+            metrics = merger.when_not_matched_insert_all().execute()
             return table.version(), int(metrics.get("num_target_rows_inserted", 0))
 
-        return retry_on_conflict(attempt, f"insert into {self.table_uri(name)}")
+        verb = "upsert into" if update else "insert into"
+        return retry_on_conflict(attempt, f"{verb} {self.table_uri(name)}")
 
     def history(self, name: str) -> list[dict[str, Any]]:
         table = self._delta(name)
@@ -242,9 +236,12 @@ def retry_on_conflict(attempt: Callable[[], T], what: str, retries: int = COMMIT
     raise AssertionError("unreachable")
 
 
-def _commit(metadata: dict[str, Any] | None) -> Any:
-    if not metadata:
+def _commit(metadata: dict[str, Any] | None, max_commit_retries: int | None = None) -> Any:
+    if not metadata and max_commit_retries is None:
         return None
     from deltalake import CommitProperties
 
-    return CommitProperties(custom_metadata={k: str(v) for k, v in metadata.items()})
+    return CommitProperties(
+        custom_metadata={k: str(v) for k, v in (metadata or {}).items()} or None,
+        max_commit_retries=max_commit_retries,
+    )
