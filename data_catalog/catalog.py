@@ -106,22 +106,6 @@ class Catalog:
         data = table.to_pyarrow_table(columns=columns)
         return data
 
-    def append(
-        self, name: str, data: pa.Table, schema: pa.Schema, metadata: dict[str, Any] | None = None
-    ) -> int:
-        """Append rows in one atomic commit; creates the table on first write. Returns the version."""
-        data = data.select(schema.names).cast(schema)
-        write_deltalake(
-            self.table_uri(name),
-            data,
-            mode="append",
-            storage_options=self.storage_options or None,
-            commit_properties=_commit(metadata),
-        )
-        version = self.version(name)
-        assert version is not None
-        return version
-
     def _create(self, name: str, data: pa.Table, metadata: dict[str, Any] | None) -> int:
         """Create the table with ``data`` as version 0; raises if another writer created it first."""
         # Create only. deltalake would otherwise rebase a writer that lost the race to create the

@@ -150,8 +150,6 @@ def register_dataset(catalog: Catalog, record: DatasetRecord) -> int:
     Versions are immutable: registering an existing ``NAME:vN`` again raises.
     """
     validate_name(record.name)
-    if record.version in versions(catalog, record.name):
-        raise FileExistsError(f"dataset {record.dataset_id} already exists in catalog {catalog.root}")
     row = pa.Table.from_pylist([record.to_row()], schema=DATASETS_SCHEMA)
     # insert-if-absent on dataset_id, not a blind append: of two writers racing to register the
     # same NAME:vN, exactly one row lands and the other gets this error
