@@ -116,7 +116,7 @@ def _staged_matches(catalog: Catalog, path: str, uris: list[str]) -> bool:
         return False
     try:
         with fs.open(path, "rb") as f:
-            staged = pq.read_table(f, columns=["uri"]).column("uri").to_pylist()
+            staged = pq.read_table(f, columns=["uri"], use_threads=False).column("uri").to_pylist()
     except Exception:  # a damaged staging file is simply recomputed
         return False
     return sorted(staged) == sorted(uris)
@@ -169,7 +169,9 @@ def commit_ingest(catalog: Catalog, staging_paths: list[str], run_id: str) -> in
     tables = []
     for path in staging_paths:
         with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f).cast(IMAGES_SCHEMA))
+            # one thread: pyarrow threads reading a Python file object can abort the interpreter
+            # at exit (see Catalog.read)
+            tables.append(pq.read_table(f, use_threads=False).cast(IMAGES_SCHEMA))
     rows = pa.concat_tables(tables) if tables else IMAGES_SCHEMA.empty_table()
     return upsert_images(catalog, rows, run_id)
 

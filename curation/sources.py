@@ -141,7 +141,7 @@ def _list_list(spec: str, storage_options: dict[str, Any] | None) -> Iterator[st
                 raise ValueError(
                     f"uri list {spec!r} has no 'uri' column (columns: {pfile.schema_arrow.names})"
                 )
-            batches: Iterable[Any] = pfile.iter_batches(columns=["uri"], batch_size=65536)
+            batches: Iterable[Any] = pfile.iter_batches(columns=["uri"], batch_size=65536, use_threads=False)
         else:
             reader = pacsv.open_csv(f)
             if "uri" not in reader.schema.names:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
+import pyarrow.fs as pa_fs
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
@@ -103,8 +104,14 @@ class Catalog:
                 raise FileNotFoundError(f"table {name!r} does not exist in catalog {self.root}")
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
-        data = table.to_pyarrow_table(columns=columns)
-        return data
+        if self.is_local:
+            local = pa_fs.SubTreeFileSystem(self.table_uri(name), pa_fs.LocalFileSystem())
+            return table.to_pyarrow_dataset(filesystem=local).to_table(columns=columns)
+        # deltalake's object-store filesystem is a Python-backed pyarrow filesystem: with pyarrow's
+        # reader threads calling back into Python, the interpreter aborts at exit ("terminate called
+        # without an active exception", exit 134; measured 6 of 10 processes that read a 5,000-row
+        # table). On one thread it exits cleanly (0 of 10); local tables use pyarrow's native files.
+        return table.to_pyarrow_dataset().to_table(columns=columns, use_threads=False)
 
     def _create(self, name: str, data: pa.Table, metadata: dict[str, Any] | None) -> int:
         """Create the table with ``data`` as version 0; raises if another writer created it first."""

@@ -124,3 +124,23 @@ def test_catalog_and_source_on_s3(s3_env: dict[str, str], raw_photos: Path, tmp_
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert len(out.read_text().splitlines()) == n_inputs + 1
+
+
+def test_reading_an_s3_table_exits_cleanly(s3_env: dict[str, str]) -> None:
+    """deltalake's object-store filesystem is Python-backed: reads must not abort the interpreter at
+    exit (see tests/test_catalog_read.py). 6 processes read a 5,000-row table from S3."""
+    from benchmarks.bench_catalog import synthetic_rows
+    from data_catalog.images import upsert_images
+
+    catalog = Catalog(f"s3://{BUCKET}/exit-catalog")
+    upsert_images(catalog, synthetic_rows(range(5000), "a"), "a")
+    script = (
+        "import sys; from data_catalog.catalog import Catalog; from data_catalog.images import read_images; "
+        "assert read_images(Catalog(sys.argv[1])).num_rows == 5000; print('read ok')"
+    )
+    for _ in range(6):
+        done = subprocess.run(
+            [sys.executable, "-c", script, catalog.root],
+            cwd=REPO, env={**os.environ, **s3_env}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0 and "read ok" in done.stdout, (done.returncode, done.stderr[-2000:])
