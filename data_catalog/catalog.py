@@ -184,6 +184,11 @@ class Catalog:
                 predicate=f"target.{key} = source.{key}",
                 source_alias="source",
                 target_alias="target",
+                # The source is in memory already; unstreamed, deltalake derives a pruning predicate
+                # from its key range and skips target files outside it (a nightly folder of new
+                # uris touches only the files that can hold them: measured 4M rows, 8 files,
+                # peak RSS 2455 -> 215 MB). Streamed, it scans the whole table.
+                streamed_exec=False,
                 commit_properties=_commit(metadata),
             )
             if update:
