@@ -287,8 +287,8 @@ def apply_hash_dedup(catalog: Catalog, cfg: HashDedupConfig, run_id: str, thread
     changed = _changed(old, new)
     if changed.any():
         updates = new.filter(pa.array(changed))
-        full = read_images(catalog, version=version)
-        full = full.filter(pc.is_in(full.column("uri"), value_set=updates.column("uri")))
+        # only the changed rows, filtered while scanning: never the whole table in memory
+        full = read_images(catalog, version=version, where=pc.field("uri").isin(updates.column("uri")))
         rows = _with_updates(full, updates, run_id)
         version = upsert_images(catalog, rows, run_id)
     reasons = pc.value_counts(new.column("reason")).to_pylist()

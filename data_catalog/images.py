@@ -84,8 +84,14 @@ IMAGES_SCHEMA = pa.schema(
 )
 
 
-def read_images(catalog: Catalog, version: int | None = None, columns: list[str] | None = None) -> pa.Table:
-    return catalog.read(TABLE, IMAGES_SCHEMA, version=version, columns=columns)
+def read_images(
+    catalog: Catalog,
+    version: int | None = None,
+    columns: list[str] | None = None,
+    where: pc.Expression | None = None,
+) -> pa.Table:
+    """The images table (or a ``version`` of it); ``where`` filters rows while scanning."""
+    return catalog.read(TABLE, IMAGES_SCHEMA, version=version, columns=columns, where=where)
 
 
 def known_uris(catalog: Catalog) -> set[str]:

@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -64,6 +65,17 @@ def test_local_reads_are_right_and_exit_cleanly(catalog: Catalog) -> None:
     assert table.num_rows == 5000 and table.schema == IMAGES_SCHEMA
     assert read_images(catalog, version=0).num_rows == 4000
     _assert_clean_exits(catalog.root, 5000, 4000)
+
+
+def test_where_filters_rows_while_scanning(catalog: Catalog) -> None:
+    wanted = synthetic_rows(range(3990, 4010), "x").column("uri")  # across both commits' files
+    got = read_images(catalog, where=pc.field("uri").isin(wanted))
+    assert sorted(got.column("uri").to_pylist()) == sorted(wanted.to_pylist())
+    assert got.schema == IMAGES_SCHEMA
+    assert read_images(catalog, version=0, where=pc.field("uri").isin(wanted)).num_rows == 10
+    assert (
+        read_images(catalog, columns=["uri", "status"], where=pc.field("status") == "duplicate").num_rows == 0
+    )
 
 
 def test_ingest_commit_reads_staging_and_exits_cleanly(tmp_path: Path) -> None:
