@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import machine
+from benchmarks.common import machine, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "backbone.md"
@@ -137,13 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         print("skipped: --device cuda needs a CUDA device (none found)")
         return
     torch.set_num_threads(args.threads)
-    text = table(run(args), args)
-    print(text)
     out = args.out or (RESULTS if args.device == "cpu" else RESULTS.with_name("backbone_gpu.md"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_result(out, table(run(args), args))
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from benchmarks.common import machine  # imports torch: not in the measured children
+    from benchmarks.common import machine, write_result  # torch: not in the measured children
 
     lines = [
         "# Images-table commit: peak memory and time vs catalog size",
@@ -231,10 +231,7 @@ def main() -> None:
         "their own key range (a folder per night), it stays flat.",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_result(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

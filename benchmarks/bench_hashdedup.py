@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 import torch
 
+from benchmarks.common import write_result
 from curation.binary_index import _plan, near_pairs
 from curation.config import HashDedupConfig
 
@@ -156,12 +157,7 @@ def main() -> None:
     ]
     for r in args.radius:
         lines += run_radius(r, args.sizes, args.threads, args.baseline_size)
-    text = "\n".join(lines)
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(RESULTS)
+    write_result(RESULTS, "\n".join(lines))
 
 
 if __name__ == "__main__":

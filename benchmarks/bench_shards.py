@@ -30,6 +30,7 @@ import pyarrow as pa
 import webdataset as wds
 from PIL import Image, ImageOps
 
+from benchmarks.common import write_result
 from curation.dataset_version import create_dataset_version
 from data_catalog.catalog import Catalog
 from data_catalog.images import IMAGES_SCHEMA, upsert_images
@@ -148,12 +149,7 @@ def main() -> None:
         "All runs (s): " + "; ".join(f"{k} {', '.join(f'{t:.2f}' for t in v)}" for k, v in results.items()),
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    part = args.out.with_suffix(".tmp")
-    part.write_text(text)
-    part.replace(args.out)
+    write_result(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

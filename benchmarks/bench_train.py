@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine
+from benchmarks.common import machine, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train.md"
@@ -197,13 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     lines = ["# Training throughput", "", f"Machine: {machine()}", ""]
     lines += bench_gpu(args.gpu, args.steps, args.peak_tflops) if args.gpu else bench_cpu(args.steps)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     out = RESULTS if not args.gpu else RESULTS.with_name(f"train_gpu_{args.gpu}.md")
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_result(out, "\n".join(lines) + "\n")
     return 0
 
 

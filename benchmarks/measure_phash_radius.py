@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from benchmarks.common import write_result
 from curation.binary_index import hamming, hex_to_uint64
 from curation.config import DEFAULT_MAX_PIXELS, FilterConfig, IngestConfig
 from curation.decode import decode_record
@@ -318,12 +319,7 @@ def main() -> None:
     if not args.no_imagenette:
         sections.append(imagenette_section(data / "imagenette-train-subset.tar.gz"))
     sections.append(f"\n_{time.perf_counter() - t0:.0f} s_")
-    text = "\n\n".join(sections) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(RESULTS)
+    write_result(RESULTS, "\n\n".join(sections) + "\n")
 
 
 if __name__ == "__main__":
