@@ -35,6 +35,7 @@ from data_catalog.images import DUPLICATE_REASONS, IMAGES_SCHEMA, Reason, Status
 
 EXACT = Reason.EXACT_DUPLICATE.value
 NEAR = Reason.NEAR_DUPLICATE_PHASH.value
+HASH_REASONS = sorted(r.value for r in DUPLICATE_REASONS)  # the reasons this step decides
 _COLUMNS = [
     "uri",
     "image_id",
@@ -79,17 +80,25 @@ def _codes(values: np.ndarray) -> np.ndarray:
 
 
 def _star_edges(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Link every row with a code >= 0 to the first row of its code.
+    """Link every row with a code >= 0 to the first row of its code (rows that share no code get
+    no edge: they are their own component anyway, and the graph stays as small as the duplicates).
 
     Returns (src, dst, first_row_of_code) where first_row_of_code[c] is that row for code c."""
     rows = np.flatnonzero(codes >= 0)
     if rows.size == 0:
         empty = np.empty(0, np.int64)
         return empty, empty, empty
-    uniq, first, inverse = np.unique(codes[rows], return_index=True, return_inverse=True)
-    first_rows = np.full(int(uniq.max()) + 1, -1, dtype=np.int64)
-    first_rows[uniq] = rows[first]
-    return rows, rows[first][inverse.ravel()], first_rows
+    order = np.argsort(codes[rows], kind="stable")  # stable: the first row of a code is its lowest
+    sorted_rows = rows[order]
+    del rows, order
+    sorted_codes = codes[sorted_rows]
+    starts = np.empty(len(sorted_rows), dtype=bool)
+    starts[0] = True
+    np.not_equal(sorted_codes[1:], sorted_codes[:-1], out=starts[1:])
+    first_rows = np.full(int(sorted_codes[-1]) + 1, -1, dtype=np.int64)
+    first_rows[sorted_codes[starts]] = sorted_rows[starts]
+    repeat = ~starts
+    return sorted_rows[repeat], first_rows[sorted_codes[repeat]], first_rows
 
 
 def _components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -195,38 +204,90 @@ def find_duplicate_groups(
 
 
 # ------------------------------------------------------------------------------------ catalog
-def _hashes_from_arrow(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """A string column of 16-hex-digit pHashes -> (uint64 (n,), valid (n,)) without Python objects."""
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    filled = pc.fill_null(col, "0" * 16).cast(pa.string()).combine_chunks()  # int32 offsets below
+def _hex_u64(chunk: pa.Array, what: str, prefix: bool, first_row: int = 0) -> np.ndarray:
+    """uint64 of each value's first 16 hex digits (the whole value unless ``prefix``); nulls as 0.
+    ``first_row``: the chunk's first row in its column (for the error message)."""
+    filled = pc.fill_null(chunk, "0" * 16).cast(pa.string())
+    if prefix:
+        filled = pc.utf8_slice_codeunits(filled, 0, 16)
     lengths = pc.utf8_length(filled).to_numpy(zero_copy_only=False)
     if len(filled) and (lengths != 16).any():
         bad = int(np.flatnonzero(lengths != 16)[0])
-        raise ValueError(f"phash at row {bad} is {filled[bad].as_py()!r}: expected 16 hex digits")
+        expected = "at least 16" if prefix else "16"
+        raise ValueError(
+            f"{what} at row {first_row + bad} is {chunk[bad].as_py()!r}: expected {expected} hex digits"
+        )
+    if not len(filled):
+        return np.empty(0, dtype=np.uint64)
     offsets, data = filled.buffers()[1], filled.buffers()[2]
-    start = int(np.frombuffer(offsets, dtype=np.int32)[filled.offset]) if len(filled) else 0
-    raw = data.to_pybytes()[start : start + 16 * len(filled)] if len(filled) else b""
-    return np.frombuffer(bytes.fromhex(raw.decode("ascii")), dtype=">u8").astype(np.uint64), valid
+    start = int(np.frombuffer(offsets, dtype=np.int32)[filled.offset])
+    raw = data.to_pybytes()[start : start + 16 * len(filled)]
+    return np.frombuffer(bytes.fromhex(raw.decode("ascii")), dtype=">u8").astype(np.uint64)
+
+
+def _hashes_from_arrow(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A string column of 16-hex-digit pHashes -> (uint64 (n,), valid (n,)), chunk by chunk and
+    without Python objects."""
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    starts = np.cumsum([0] + [len(chunk) for chunk in col.chunks])[:-1]
+    parts = [_hex_u64(c, "phash", False, int(at)) for c, at in zip(col.chunks, starts, strict=True)]
+    return (np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)), valid
 
 
 def _id_codes(col: pa.ChunkedArray) -> np.ndarray:
-    """Equal-value codes of a string column via dictionary encoding; -1 for null."""
-    encoded = col.cast(pa.string()).combine_chunks().dictionary_encode()
-    return pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    """Equal-value codes (n,) int64 of the image_id column; -1 for null.
+
+    image_ids are sha256 hex digests: their first 16 digits (a uint64) tell almost all of them
+    apart, without a hash table over the 64-character strings (which cost ~260 B per row). Rows
+    whose prefix is shared (exact copies, or a 64-bit prefix collision) get codes from their full
+    strings, so the codes are exact for any values. Values that are not hex fall back to a
+    dictionary encoding of the whole column.
+    """
+    n = len(col)
+    codes = np.full(n, -1, dtype=np.int64)
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    if not valid.any():
+        return codes
+    try:
+        parts = [_hex_u64(chunk, "image_id", prefix=True) for chunk in col.chunks]
+    except ValueError:  # not hex: the exact, heavier way
+        encoded = col.cast(pa.string()).combine_chunks().dictionary_encode()
+        return pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    prefixes = np.concatenate(parts)[valid]
+    del parts
+    uniq, inverse, counts = np.unique(prefixes, return_inverse=True, return_counts=True)
+    del prefixes, uniq
+    inverse = inverse.ravel().astype(np.int64)
+    shared = counts[inverse] > 1
+    rows = np.flatnonzero(valid)
+    if shared.any():  # exact codes for the shared prefixes, numbered after the unique ones
+        exact = col.take(pa.array(rows[shared])).cast(pa.string()).combine_chunks().dictionary_encode()
+        inverse[shared] = len(counts) + exact.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes[rows] = inverse
+    return codes
 
 
 def _ints(col: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _candidates(table: pa.Table) -> pa.Table:
+def _candidate_filter() -> pc.Expression:
     """Rows hash dedup decides over: accepted, or duplicates for a hash reason (recomputed)."""
+    status, reason = pc.field("status"), pc.field("reason")
+    return (status == Status.ACCEPTED.value) | (
+        (status == Status.DUPLICATE.value) & reason.isin(HASH_REASONS)
+    )
+
+
+def _candidates(table: pa.Table) -> pa.Table:
+    """The rows of ``table`` that ``_candidate_filter`` keeps (``table`` itself, not a copy, when
+    every row is one: ``apply_hash_dedup`` reads only candidates). The same rule, on arrays."""
     status, reason = table.column("status"), table.column("reason")
     hash_dup = pc.and_(
-        pc.equal(status, Status.DUPLICATE.value),
-        pc.is_in(reason, value_set=pa.array(sorted(r.value for r in DUPLICATE_REASONS))),
+        pc.equal(status, Status.DUPLICATE.value), pc.is_in(reason, value_set=pa.array(HASH_REASONS))
     )
-    return table.filter(pc.or_(pc.equal(status, Status.ACCEPTED.value), pc.fill_null(hash_dup, False)))
+    mask = pc.fill_null(pc.or_(pc.equal(status, Status.ACCEPTED.value), hash_dup), False)
+    return table if pc.all(mask).as_py() is not False else table.filter(mask)
 
 
 def decide(table: pa.Table, radius: int, threads: int | None = None) -> tuple[pa.Table, DuplicateGroups]:
@@ -245,16 +306,18 @@ def decide(table: pa.Table, radius: int, threads: int | None = None) -> tuple[pa
         radius,
         threads,
     )
+    del pixels, hashes, valid
     dup = groups.is_duplicate
-    keeper = pa.array(groups.keeper)
-    null = pa.nulls(cand.num_rows, pa.string())
+    # the kept row of each duplicate; null for kept rows, so ``take`` copies only the duplicates' ids
+    keeper = pa.array(groups.keeper, mask=~dup)
+    is_dup = pa.array(dup)
     new = pa.table(
         {
             "uri": uris,
-            "status": pa.array(np.where(dup, Status.DUPLICATE.value, Status.ACCEPTED.value)),
+            "status": pc.if_else(is_dup, Status.DUPLICATE.value, Status.ACCEPTED.value),
             "reason": pa.array(groups.reason, type=pa.string()),
-            "dup_of": pc.if_else(pa.array(dup), cand.column("image_id").take(keeper), null),
-            "dup_of_uri": pc.if_else(pa.array(dup), uris.take(keeper), null),
+            "dup_of": cand.column("image_id").take(keeper).cast(pa.string()),
+            "dup_of_uri": uris.take(keeper).cast(pa.string()),
         }
     )
     return new, groups
@@ -281,9 +344,11 @@ def apply_hash_dedup(catalog: Catalog, cfg: HashDedupConfig, run_id: str, thread
     version = catalog.version("images")
     if not cfg.enabled or version is None:
         return {"enabled": cfg.enabled, "changed": 0, "images_version": version}
-    table = read_images(catalog, version=version, columns=_COLUMNS)
+    # only the candidates, filtered while scanning: rejected rows never take memory here
+    table = read_images(catalog, version=version, columns=_COLUMNS, where=_candidate_filter())
     new, groups = decide(table, cfg.phash_radius, threads)
-    old = _candidates(table).select(["uri", "status", "reason", "dup_of", "dup_of_uri"])
+    old = table.select(["uri", "status", "reason", "dup_of", "dup_of_uri"])
+    del table
     changed = _changed(old, new)
     if changed.any():
         updates = new.filter(pa.array(changed))

@@ -22,10 +22,10 @@ from curation.binary_index import (
     uint64_to_hex,
 )
 from curation.config import CurateConfig, HashDedupConfig
-from curation.hashdedup import apply_hash_dedup, find_duplicate_groups
+from curation.hashdedup import apply_hash_dedup, decide, find_duplicate_groups
 from curation.ingest import ingest
 from data_catalog.catalog import Catalog
-from data_catalog.images import read_images, status_counts, upsert_images
+from data_catalog.images import IMAGES_SCHEMA, read_images, status_counts, upsert_images
 
 U64 = np.uint64
 
@@ -168,6 +168,66 @@ def test_exact_and_near_duplicates_together() -> None:
     assert res["nohash.jpg"] == (keeper, "exact_duplicate")
     assert res["small.jpg"] == (keeper, "near_duplicate_phash")
     assert res["other.jpg"] == ("other.jpg", None)
+
+
+def _catalog_rows(ids: list[str | None], phashes: list[str | None], **extra: list) -> pa.Table:
+    n = len(ids)
+    cols = {
+        "uri": [f"img{i:02d}.jpg" for i in range(n)],
+        "image_id": ids,
+        "phash": phashes,
+        "width": [100 + i for i in range(n)],  # later rows win: the keeper is predictable
+        "height": [100] * n,
+        "bytes": [1000] * n,
+        "status": extra.get("status", ["accepted"] * n),
+        "reason": extra.get("reason", [None] * n),
+        "dup_of": [None] * n,
+        "dup_of_uri": [None] * n,
+    }
+    return pa.table(cols, schema=pa.schema([IMAGES_SCHEMA.field(name) for name in cols]))
+
+
+@pytest.mark.parametrize("hex_ids", [True, False])
+def test_catalog_path_tells_ids_apart_by_their_full_value(hex_ids: bool) -> None:
+    """``decide`` codes sha256 ids by their first 16 hex digits; ids sharing that prefix but not
+    the rest are different images, and non-hex ids still group exactly (the heavier fallback)."""
+    prefix = "ab" * 8
+    ids = [prefix + "0" * 48, prefix + "1" * 48, prefix + "0" * 48, "cd" * 32, None, "cd" * 32]
+    if not hex_ids:
+        ids = [None if i is None else f"id-{i}" for i in ids]
+    far = [
+        "0000000000000000",
+        "ffffffffffffffff",
+        "00ff00ff00ff00ff",
+        "0f0f0f0f0f0f0f0f",
+        "3c3c3c3c3c3c3c3c",
+        None,
+    ]
+    new, _ = decide(_catalog_rows(ids, far), radius=4)
+    got = {r["uri"]: (r["status"], r["reason"], r["dup_of_uri"]) for r in new.to_pylist()}
+    assert got == {
+        "img00.jpg": ("duplicate", "exact_duplicate", "img02.jpg"),  # same full id, smaller
+        "img01.jpg": ("accepted", None, None),  # shares only the 16-digit prefix
+        "img02.jpg": ("accepted", None, None),
+        "img03.jpg": ("duplicate", "exact_duplicate", "img05.jpg"),
+        "img04.jpg": ("accepted", None, None),  # no id: never an exact duplicate
+        "img05.jpg": ("accepted", None, None),
+    }
+    assert new.column("dup_of").to_pylist() == [ids[2], None, None, ids[5], None, None]
+
+
+def test_catalog_path_decides_over_accepted_and_hash_duplicates_only() -> None:
+    ids = ["aa" * 32, "aa" * 32, "aa" * 32, "aa" * 32]
+    phashes = ["0000000000000000"] * 4
+    status = ["accepted", "rejected", "duplicate", "duplicate"]
+    reason = [None, "too_small", "exact_duplicate", "embedding_near_duplicate"]
+    table = _catalog_rows(ids, phashes, status=status, reason=reason)
+    new, groups = decide(table, radius=4)
+    # the rejected row and the row another stage marked stay out; the old hash duplicate is
+    # recomputed (it is larger, so it is now the keeper)
+    assert new.column("uri").to_pylist() == ["img00.jpg", "img02.jpg"]
+    assert new.column("status").to_pylist() == ["duplicate", "accepted"]
+    assert groups.n_groups == 1
 
 
 # ------------------------------------------------------------------------------ real catalog
