@@ -10,8 +10,8 @@ peak RSS is that operation's own:
 - ingest commit: ``commit_ingest`` of ``--new`` staged rows (a nightly increment);
 - baseline, same run: the ingest commit's MERGE with deltalake's default (``streamed_exec=True``),
   on a copy of the same catalog;
-- dedup update: ``upsert_images`` of ``--updated`` rows changed to ``duplicate`` (what hash dedup
-  commits: rows spread over the table, or tonight's rows in the dated layout);
+- dedup update: ``update_images`` of ``--updated`` rows' status/reason/dup_of columns (what hash
+  dedup commits: rows spread over the table, or tonight's rows in the dated layout);
 - baseline, same run: reading the whole table into Arrow (``read_images``): what holding the
   catalog in memory costs.
 
@@ -120,7 +120,7 @@ def _peak_mb() -> float:
 def child(op: str, root: str, arg: str) -> None:
     """Runs in its own process: one operation, then prints its wall time and peak RSS as JSON."""
     from curation.ingest import commit_ingest
-    from data_catalog.images import read_images, upsert_images
+    from data_catalog.images import read_images, update_images
 
     catalog = Catalog(root)
     start_mb = _peak_mb()
@@ -144,9 +144,15 @@ def child(op: str, root: str, arg: str) -> None:
             rows = synthetic_rows(range(size, size + n), "nightly", NEW_NIGHT).to_pylist()
         else:  # rows spread over the whole table
             rows = synthetic_rows(range(0, n * 97, 97), "base").to_pylist()
-        for row in rows:
-            row.update(status="duplicate", reason="near_duplicate_phash", dup_of="0" * 64, run_id="dedup")
-        extra = {"version": upsert_images(catalog, pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), "dedup")}
+        decided = {  # the columns hash dedup decides, for the rows it changed (``update_images``)
+            "uri": [row["uri"] for row in rows],
+            "status": ["duplicate"] * n,
+            "reason": ["near_duplicate_phash"] * n,
+            "dup_of": ["0" * 64] * n,
+            "dup_of_uri": ["s3://bucket/keeper.jpg"] * n,
+            "run_id": ["dedup"] * n,
+        }
+        extra = {"version": update_images(catalog, pa.table(decided), "dedup")}
     else:
         raise ValueError(op)
     seconds, peak_mb = time.perf_counter() - t0, _peak_mb()

@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "phash_radius": ["benchmarks.measure_phash_radius"],
     "shards": ["benchmarks.bench_shards", "--repeats", "3"],
     "catalog": ["benchmarks.bench_catalog"],
+    "dedup_catalog": ["benchmarks.bench_dedup_catalog"],
     "backbone": ["benchmarks.bench_backbone"],
     "augment": ["benchmarks.bench_augment"],
     "train": ["benchmarks.bench_train", "--steps", "30"],

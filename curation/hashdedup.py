@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 from curation.binary_index import distinct_near_pairs, hex_to_uint64
 from curation.config import HashDedupConfig
 from data_catalog.catalog import Catalog
-from data_catalog.images import DUPLICATE_REASONS, IMAGES_SCHEMA, Reason, Status, read_images, upsert_images
+from data_catalog.images import DUPLICATE_REASONS, IMAGES_SCHEMA, Reason, Status, read_images, update_images
 
 EXACT = Reason.EXACT_DUPLICATE.value
 NEAR = Reason.NEAR_DUPLICATE_PHASH.value
@@ -351,11 +351,12 @@ def apply_hash_dedup(catalog: Catalog, cfg: HashDedupConfig, run_id: str, thread
     del table
     changed = _changed(old, new)
     if changed.any():
+        # only the decided columns of the changed rows: no full rows to read back
         updates = new.filter(pa.array(changed))
-        # only the changed rows, filtered while scanning: never the whole table in memory
-        full = read_images(catalog, version=version, where=pc.field("uri").isin(updates.column("uri")))
-        rows = _with_updates(full, updates, run_id)
-        version = upsert_images(catalog, rows, run_id)
+        now = pa.scalar(dt.datetime.now(dt.UTC), type=IMAGES_SCHEMA.field("updated_at").type)
+        updates = updates.append_column("run_id", pa.array([run_id] * updates.num_rows, pa.string()))
+        updates = updates.append_column("updated_at", pa.array([now.as_py()] * updates.num_rows, now.type))
+        version = update_images(catalog, updates, run_id)
     reasons = pc.value_counts(new.column("reason")).to_pylist()
     by_reason = {r["values"]: r["counts"] for r in reasons if r["values"] is not None}
     return {
@@ -371,17 +372,3 @@ def apply_hash_dedup(catalog: Catalog, cfg: HashDedupConfig, run_id: str, thread
         "images_version": version,
         "seconds": round(time.perf_counter() - start, 3),
     }
-
-
-def _with_updates(full: pa.Table, updates: pa.Table, run_id: str) -> pa.Table:
-    """``full`` rows with the decided columns of ``updates`` (matched by uri), run_id, updated_at."""
-    position = {uri: i for i, uri in enumerate(updates.column("uri").to_pylist())}
-    idx = pa.array([position[u] for u in full.column("uri").to_pylist()], type=pa.int64())
-    now = pa.scalar(dt.datetime.now(dt.UTC), type=IMAGES_SCHEMA.field("updated_at").type)
-    for name in ("status", "reason", "dup_of", "dup_of_uri"):
-        full = full.set_column(full.schema.get_field_index(name), name, updates.column(name).take(idx))
-    full = full.set_column(
-        full.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * full.num_rows, pa.string())
-    )
-    updated = pa.array([now.as_py()] * full.num_rows, type=now.type)
-    return full.set_column(full.schema.get_field_index("updated_at"), "updated_at", updated)

@@ -106,6 +106,14 @@ def upsert_images(catalog: Catalog, rows: pa.Table, run_id: str) -> int:
     return catalog.upsert(TABLE, rows, IMAGES_SCHEMA, key="uri", metadata={"run_id": run_id})
 
 
+def update_images(catalog: Catalog, rows: pa.Table, run_id: str) -> int:
+    """Set ``rows``' columns (``uri`` plus some images columns) on the rows with those uris,
+    atomically; other columns stay as they are. Returns the table version."""
+    if len(set(rows.column("uri").to_pylist())) != rows.num_rows:
+        raise ValueError("update_images: duplicate uri in one write")
+    return catalog.update(TABLE, rows, IMAGES_SCHEMA, key="uri", metadata={"run_id": run_id})
+
+
 def status_counts(catalog: Catalog, version: int | None = None) -> list[dict[str, object]]:
     """Counts per (status, reason), sorted: the summary every stage reports."""
     table = read_images(catalog, version=version, columns=["status", "reason"])
