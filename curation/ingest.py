@@ -29,7 +29,8 @@ from curation.filters import apply_filters
 from curation.parallel import Progress, run_tasks
 from curation.sources import iter_bytes, list_source
 from data_catalog.catalog import Catalog
-from data_catalog.images import IMAGES_SCHEMA, Status, known_uris, upsert_images
+from data_catalog.images import IMAGES_SCHEMA, Status, create_images, known_uris, upsert_images
+from data_catalog.images import TABLE as IMAGES_TABLE
 
 
 def _new_uris(uris: Iterator[str], known: set[str]) -> Iterator[str]:
@@ -160,19 +161,31 @@ def process_partitions(
     )
 
 
-def commit_ingest(catalog: Catalog, staging_paths: list[str], run_id: str) -> int:
-    """Upsert all staged rows into the images table in ONE Delta commit; returns the table version.
-
-    Rows are keyed by uri; with no staging files the table is created empty if missing.
-    """
+def _staged_batches(catalog: Catalog, staging_paths: list[str]) -> Iterator[pa.RecordBatch]:
+    """The staged rows, batch by batch, in ``IMAGES_SCHEMA``."""
     fs = catalog.filesystem()
-    tables = []
     for path in staging_paths:
         with fs.open(path, "rb") as f:
             # one thread: pyarrow threads reading a Python file object can abort the interpreter
             # at exit (see Catalog.read)
-            tables.append(pq.read_table(f, use_threads=False).cast(IMAGES_SCHEMA))
-    rows = pa.concat_tables(tables) if tables else IMAGES_SCHEMA.empty_table()
+            for batch in pq.ParquetFile(f).iter_batches(use_threads=False):
+                yield batch.select(IMAGES_SCHEMA.names).cast(IMAGES_SCHEMA)
+
+
+def commit_ingest(catalog: Catalog, staging_paths: list[str], run_id: str) -> int:
+    """Upsert all staged rows into the images table in ONE Delta commit; returns the table version.
+
+    Rows are keyed by uri; with no staging files the table is created empty if missing. The first
+    ingest into a catalog (often the bulk of it) streams the staged rows into the new table, so its
+    memory does not grow with the number of images; later ones MERGE them (held in memory).
+    """
+    if staging_paths and not catalog.exists(IMAGES_TABLE):
+        try:
+            return create_images(catalog, lambda: _staged_batches(catalog, staging_paths), run_id)
+        except FileExistsError:  # another run created the table meanwhile: merge into it below
+            pass
+    batches = list(_staged_batches(catalog, staging_paths))
+    rows = pa.Table.from_batches(batches, schema=IMAGES_SCHEMA)
     return upsert_images(catalog, rows, run_id)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -131,6 +131,49 @@ class Catalog:
             dataset.schema if columns is None else pa.schema([dataset.schema.field(c) for c in columns])
         )
         return pa.concat_tables(kept) if kept else projected.empty_table()
+
+    def create(
+        self,
+        name: str,
+        batches: Iterable[pa.RecordBatch],
+        schema: pa.Schema,
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        """Create table ``name`` as version 0 from a stream of batches (a bulk load, such as the
+        first ingest of a large folder), holding about one batch in memory. Returns 0.
+
+        Raises ``FileExistsError`` when the table exists or another writer creates it first. An
+        exception raised by ``batches`` aborts the write before anything is committed (the data
+        files already written are never referenced) and is re-raised as is.
+        """
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
+        failure: list[Exception] = []
+
+        def guarded() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in batches:
+                    yield batch.select(schema.names).cast(schema)
+            except Exception as exc:  # not GeneratorExit: the writer may close the stream early
+                failure.append(exc)
+                raise
+
+        try:
+            write_deltalake(
+                self.table_uri(name),
+                pa.RecordBatchReader.from_batches(schema, guarded()),
+                mode="error",
+                storage_options=self.storage_options or None,
+                commit_properties=_commit(metadata, max_commit_retries=0),
+            )
+        except (DeltaError, FileExistsError) as exc:
+            if failure:
+                raise failure[0] from None
+            # a racing creator committed version 0 first ("Failed to commit transaction: 0")
+            if isinstance(exc, CommitFailedError) or "already exists" in str(exc):
+                raise FileExistsError(f"table {name!r} already exists in catalog {self.root}") from exc
+            raise
+        return 0
 
     def _create(self, name: str, data: pa.Table, metadata: dict[str, Any] | None) -> int:
         """Create the table with ``data`` as version 0; raises if another writer created it first."""

@@ -6,8 +6,10 @@ accepted), so ``accepted + rejected + duplicate == inputs`` always holds.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -104,6 +106,38 @@ def upsert_images(catalog: Catalog, rows: pa.Table, run_id: str) -> int:
     if len(set(rows.column("uri").to_pylist())) != rows.num_rows:
         raise ValueError("upsert_images: duplicate uri in one write")
     return catalog.upsert(TABLE, rows, IMAGES_SCHEMA, key="uri", metadata={"run_id": run_id})
+
+
+_uri_hash = hash  # 64-bit, per process: enough to find the few uris worth comparing exactly
+
+
+def create_images(catalog: Catalog, batches: Callable[[], Iterator[pa.RecordBatch]], run_id: str) -> int:
+    """Create the images table from a stream of rows (a first, bulk ingest), holding about one
+    batch in memory; raises ``FileExistsError`` if the table exists. Returns version 0.
+
+    ``batches`` returns a fresh iterator over the same rows each call: uris are checked unique on
+    the way through (a 64-bit hash per row); only if two hashes collide does a second pass compare
+    those uris exactly. A duplicate uri raises ``ValueError`` and nothing is committed.
+    """
+
+    def checked() -> Iterator[pa.RecordBatch]:
+        hashes = []
+        for batch in batches():
+            uris = batch.column(batch.schema.get_field_index("uri")).to_pylist()
+            hashes.append(np.fromiter(map(_uri_hash, uris), dtype=np.int64, count=len(uris)))
+            yield batch
+        seen = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, np.int64)
+        clashes = set(seen[1:][seen[1:] == seen[:-1]].tolist())
+        if clashes:  # a real duplicate, or (rarely) two uris with one hash: compare the strings
+            names: set[str] = set()
+            for batch in batches():
+                for uri in batch.column(batch.schema.get_field_index("uri")).to_pylist():
+                    if _uri_hash(uri) in clashes:
+                        if uri in names:
+                            raise ValueError(f"create_images: duplicate uri in one write: {uri!r}")
+                        names.add(uri)
+
+    return catalog.create(TABLE, checked(), IMAGES_SCHEMA, metadata={"run_id": run_id})
 
 
 def update_images(catalog: Catalog, rows: pa.Table, run_id: str) -> int:

@@ -115,3 +115,22 @@ def test_racing_ingest_commits_of_one_folder_keep_one_row_per_uri(tmp_path: Path
     assert results == ["ok"] * WRITERS, results
     uris = read_images(Catalog(root), columns=["uri"]).column("uri").to_pylist()
     assert len(uris) == len(set(uris)) == 7000
+
+
+def test_racing_first_commits_into_an_empty_catalog_keep_one_row_per_uri(tmp_path: Path) -> None:
+    """The first ingest streams into a new table; writers that lose the race to create it merge
+    into the winner's table instead, so every uri still has exactly one row."""
+    import pyarrow.parquet as pq
+
+    from benchmarks.bench_catalog import synthetic_rows
+    from data_catalog.images import read_images
+
+    root = str(tmp_path / "catalog")
+    staged = [str(tmp_path / f"part-{i}.parquet") for i in range(2)]
+    for i, path in enumerate(staged):
+        pq.write_table(synthetic_rows(range(i * 1000, (i + 1) * 1000), "first", "first"), path)
+    start_at = time.time() + 5
+    results = _pool_map(_commit_staged, [(root, staged, w, start_at) for w in range(WRITERS)])
+    assert results == ["ok"] * WRITERS, results
+    uris = read_images(Catalog(root), columns=["uri"]).column("uri").to_pylist()
+    assert len(uris) == len(set(uris)) == 2000
