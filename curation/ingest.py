@@ -9,7 +9,8 @@ The steps, each callable on its own (the Prefect flow wraps them one task each):
 Each partition's rows go to ``runs/<run_id>/staging/part-NNNNNN.parquet`` (written to a temporary
 name, then renamed), so memory stays bounded by one partition per worker, a killed run loses no
 finished partition, and re-running the same ``run_id`` reuses the staging files whose uris match.
-Nothing reaches the images table before ``commit_ingest``: a run is all or nothing there.
+Nothing reaches the images table before ``commit_ingest``: a run is all or nothing there. The
+first commit into an empty catalog streams the staged files into the new table (flat memory).
 """
 
 from __future__ import annotations

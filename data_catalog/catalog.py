@@ -276,7 +276,7 @@ class Catalog:
                 target_alias="target",
                 # The source is in memory already; unstreamed, deltalake derives a pruning predicate
                 # from its key range and skips target files outside it (a nightly folder of new
-                # uris touches only the files that can hold them: 4M rows, peak RSS 2484 -> 235 MB,
+                # uris touches only the files that can hold them: 4M rows, peak RSS 2515 -> 235 MB,
                 # benchmarks/bench_catalog.py). Streamed, it scans the whole table.
                 streamed_exec=False,
                 commit_properties=_commit(metadata),
