@@ -27,9 +27,7 @@ import datetime as dt
 import hashlib
 import json
 import random
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import write_deltalake
 
+from benchmarks import common
 from data_catalog.catalog import Catalog
 from data_catalog.images import IMAGES_SCHEMA, TABLE
 
@@ -121,22 +120,13 @@ def stage_first(staging: Path, size: int, per_file: int = 100_000) -> list[str]:
     return paths
 
 
-def _peak_mb() -> float:
-    """This process's peak RSS (VmHWM). Not ``ru_maxrss``: Linux keeps that across fork + exec, so a
-    child would report its parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: best effort
-
-
 def child(op: str, root: str, arg: str) -> None:
     """Runs in its own process: one operation, then prints its wall time and peak RSS as JSON."""
     from curation.ingest import commit_ingest
     from data_catalog.images import read_images, update_images, upsert_images
 
     catalog = Catalog(root)
-    start_mb = _peak_mb()
+    start_mb = common.peak_mb()
     t0 = time.perf_counter()
     if op == "read":
         extra = {"arrow_mb": read_images(catalog).nbytes / 2**20}
@@ -173,18 +163,14 @@ def child(op: str, root: str, arg: str) -> None:
         extra = {"version": update_images(catalog, pa.table(decided), "dedup")}
     else:
         raise ValueError(op)
-    seconds, peak_mb = time.perf_counter() - t0, _peak_mb()
+    seconds, peak_mb = time.perf_counter() - t0, common.peak_mb()
     images = read_images(catalog, columns=["status"]).column("status")  # after the peak was taken
     extra.update(rows=len(images), duplicates=images.to_pylist().count("duplicate"))
     print(json.dumps({"s": seconds, "peak_mb": peak_mb, "start_mb": start_mb, **extra}))
 
 
 def run_child(op: str, root: Path, arg: str = "") -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_catalog", "--child", op, str(root), arg]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if done.returncode != 0:
-        raise RuntimeError(f"{op} on {root} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return common.run_child("benchmarks.bench_catalog", op, str(root), arg)
 
 
 def main() -> None:
@@ -198,13 +184,11 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from benchmarks.common import machine, write_result  # torch: not in the measured children
-
     lines = [
         "# Images-table commit: peak memory and time vs catalog size",
         "",
         f"Command: `.venv/bin/python -m benchmarks.bench_catalog --sizes {' '.join(map(str, args.sizes))}`  ",
-        f"Machine: {machine()}; deltalake {__import__('deltalake').__version__}, pyarrow {pa.__version__}. "
+        f"Machine: {common.machine()}; deltalake {__import__('deltalake').__version__}, pyarrow {pa.__version__}. "
         "Each operation in a fresh process; peak RSS is that process's maximum (an interpreter with "
         "dinoflow imported starts at about 120-150 MB).",
         "",
@@ -275,7 +259,7 @@ def main() -> None:
         "their own key range (a folder per night), it stays flat.",
         "",
     ]
-    write_result(args.out, "\n".join(lines))
+    common.write_result(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,23 +30,13 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from benchmarks.bench_catalog import CHUNK, NEW_NIGHT, _night, _peak_mb, synthetic_rows
+from benchmarks import common
+from benchmarks.bench_catalog import CHUNK, NEW_NIGHT, _night, synthetic_rows
+from curation.hashdedup import DEDUP_COLUMNS
 from data_catalog.catalog import Catalog
 from data_catalog.images import IMAGES_SCHEMA, TABLE
 
 REPO = Path(__file__).resolve().parents[1]
-DEDUP_COLUMNS = [
-    "uri",
-    "image_id",
-    "phash",
-    "width",
-    "height",
-    "bytes",
-    "status",
-    "reason",
-    "dup_of",
-    "dup_of_uri",
-]
 
 
 def _flip_bits(phash: str, k: int, rng: random.Random) -> str:
@@ -95,15 +84,11 @@ def child(op: str, root: str) -> None:
         extra = apply_hash_dedup(catalog, HashDedupConfig(), "dedup")
     else:
         raise ValueError(op)
-    print(json.dumps({"s": time.perf_counter() - t0, "peak_mb": _peak_mb(), **extra}))
+    print(json.dumps({"s": time.perf_counter() - t0, "peak_mb": common.peak_mb(), **extra}))
 
 
 def run_child(op: str, root: Path) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_dedup_catalog", "--child", op, str(root)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if done.returncode != 0:
-        raise RuntimeError(f"{op} on {root} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return common.run_child("benchmarks.bench_dedup_catalog", op, str(root))
 
 
 def main() -> None:
@@ -119,13 +104,11 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from benchmarks.common import machine, write_result  # torch: not in the measured children
-
     lines = [
         "# Hash dedup over the whole catalog: peak memory and time vs catalog size",
         "",
         f"Command: `.venv/bin/python -m benchmarks.bench_dedup_catalog --sizes {' '.join(map(str, args.sizes))}`  ",
-        f"Machine: {machine()}; pyarrow {pa.__version__}. Each operation in a fresh process; peak RSS "
+        f"Machine: {common.machine()}; pyarrow {pa.__version__}. Each operation in a fresh process; peak RSS "
         "is that process's maximum (an interpreter with dinoflow imported starts at about 120-150 MB). "
         f"Tonight: {args.new:,} new rows with {args.planted} exact and {args.planted} near copies "
         "(pHash 1-4 bits away) of older images; radius 6 (the default).",
@@ -161,7 +144,7 @@ def main() -> None:
             f"{2**20 * (r1 - r0) / (n1 - n0):.0f} B, `apply_hash_dedup` {2**20 * (d1 - d0) / (n1 - n0):.0f} B."
         )
         lines.append("")
-    write_result(args.out, "\n".join(lines))
+    common.write_result(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

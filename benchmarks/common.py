@@ -1,10 +1,16 @@
-"""What every benchmark records beside its numbers: the machine it ran on."""
+"""What benchmarks share: the machine they ran on, writing results, measuring in a fresh process."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
@@ -27,3 +33,22 @@ def write_result(out: Path, text: str) -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(out)
+
+
+def peak_mb() -> float:
+    """This process's peak RSS (VmHWM) in MB. Not ``ru_maxrss``: Linux keeps that across fork +
+    exec, so a child would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: best effort
+
+
+def run_child(module: str, *args: str) -> dict:
+    """``python -m module --child *args`` in a fresh process (so its peak RSS is its own); the
+    JSON object on its last line of output."""
+    cmd = [sys.executable, "-m", module, "--child", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -36,7 +36,7 @@ from data_catalog.images import DUPLICATE_REASONS, IMAGES_SCHEMA, Reason, Status
 EXACT = Reason.EXACT_DUPLICATE.value
 NEAR = Reason.NEAR_DUPLICATE_PHASH.value
 HASH_REASONS = sorted(r.value for r in DUPLICATE_REASONS)  # the reasons this step decides
-_COLUMNS = [
+DEDUP_COLUMNS = [  # what dedup reads of the images table
     "uri",
     "image_id",
     "phash",
@@ -345,7 +345,7 @@ def apply_hash_dedup(catalog: Catalog, cfg: HashDedupConfig, run_id: str, thread
     if not cfg.enabled or version is None:
         return {"enabled": cfg.enabled, "changed": 0, "images_version": version}
     # only the candidates, filtered while scanning: rejected rows never take memory here
-    table = read_images(catalog, version=version, columns=_COLUMNS, where=_candidate_filter())
+    table = read_images(catalog, version=version, columns=DEDUP_COLUMNS, where=_candidate_filter())
     new, groups = decide(table, cfg.phash_radius, threads)
     old = table.select(["uri", "status", "reason", "dup_of", "dup_of_uri"])
     del table
