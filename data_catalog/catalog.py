@@ -159,6 +159,9 @@ class Catalog:
                 raise
 
         try:
+            # Create only. deltalake would otherwise rebase a writer that lost the race to create
+            # the table onto the winner's version 0 as a blind append (measured: two creators, two
+            # rows with one key); with no commit retries the loser raises and can merge instead.
             write_deltalake(
                 self.table_uri(name),
                 pa.RecordBatchReader.from_batches(schema, guarded()),
@@ -173,20 +176,6 @@ class Catalog:
             if isinstance(exc, CommitFailedError) or "already exists" in str(exc):
                 raise FileExistsError(f"table {name!r} already exists in catalog {self.root}") from exc
             raise
-        return 0
-
-    def _create(self, name: str, data: pa.Table, metadata: dict[str, Any] | None) -> int:
-        """Create the table with ``data`` as version 0; raises if another writer created it first."""
-        # Create only. deltalake would otherwise rebase a writer that lost the race to create the
-        # table onto the winner's version 0 as a blind append (measured: two creators, two rows
-        # with one key); with no commit retries the loser raises and the caller retries as a merge.
-        write_deltalake(
-            self.table_uri(name),
-            data,
-            mode="error",
-            storage_options=self.storage_options or None,
-            commit_properties=_commit(metadata, max_commit_retries=0),
-        )
         return 0
 
     def upsert(
@@ -266,7 +255,7 @@ class Catalog:
             if table is None:
                 if not insert:
                     raise FileNotFoundError(f"table {name!r} does not exist in catalog {self.root}")
-                return self._create(name, data, metadata), data.num_rows
+                return self.create(name, data.to_batches(), schema, metadata), data.num_rows
             if data.num_rows == 0:
                 return table.version(), 0
             merger = table.merge(
