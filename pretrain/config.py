@@ -12,16 +12,28 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from data_catalog.settings import (
+    ConfigError,
+    StrictModel,
+    apply_overrides,
+    close_keys,
+    dump_yaml,
+    flatten,
+    leaf_keys,
+    read_yaml,
+    to_yaml,
+    validate,
+)
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 
-class _Strict(BaseModel):
-    """Unknown keys are errors (a typo must not silently fall back to a default)."""
+class _Strict(StrictModel):
+    """Unknown keys are errors naming the closest valid ones (a typo never falls back to a default)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(validate_assignment=True)
 
 
 class ModelConfig(_Strict):
@@ -152,81 +164,92 @@ class TrainConfig(_Strict):
         return self
 
 
-def valid_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:
+def valid_keys(model: type[BaseModel] = TrainConfig) -> list[str]:
     """All dotted leaf keys of the config tree (``optim.base_lr``, ...)."""
-    keys: list[str] = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += valid_keys(ann, f"{prefix}{name}.")
-        else:
-            keys.append(f"{prefix}{name}")
-    return keys
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    if key not in valid_keys():
-        raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
-    node = tree
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and f"{prefix}{k}" not in valid_keys():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    return leaf_keys(model)
 
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-def _read_source(preset_or_file: str | Path | None) -> dict[str, Any]:
-    if preset_or_file is None:
-        return {}
+def preset_path(preset_or_file: str | Path) -> Path:
+    """The YAML file of a preset name (``vits14``) or a file path; a ConfigError naming the presets."""
     path = Path(preset_or_file)
     if not path.suffix and not path.exists():
         if str(preset_or_file) not in preset_names():
-            raise ValueError(f"unknown preset {preset_or_file!r}; valid presets: {', '.join(preset_names())}")
+            close = close_keys(str(preset_or_file), preset_names())
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise ConfigError(
+                f"unknown preset {str(preset_or_file)!r} ({hint}valid presets: {', '.join(preset_names())}, "
+                "or a YAML file path)"
+            )
         path = PRESETS_DIR / f"{preset_or_file}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found (presets: {', '.join(preset_names())})")
-    return yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"config file {str(path)!r} not found (presets: {', '.join(preset_names())})")
+    return path
+
+
+def read_preset(preset_or_file: str | Path | None) -> dict[str, Any]:
+    """The raw key tree of a preset or YAML file (unvalidated; ``{}`` for None)."""
+    return {} if preset_or_file is None else read_yaml(preset_path(preset_or_file))
 
 
 def load_config(preset_or_file: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults, then a preset name or YAML file, then ``a.b=value`` overrides (YAML-parsed values).
 
-    Raises ``KeyError`` naming the valid keys for an unknown key, pydantic's ``ValidationError`` for a
-    bad value.
+    One loader for the CLI, the flows and the trainer (``data_catalog.settings``): an unknown key,
+    a bad value, a missing file or an unknown preset is a one-line ``ConfigError``.
     """
-    tree: dict[str, Any] = {}
-    for key, value in _flatten(_read_source(preset_or_file)).items():
-        _set_dotted(tree, key, value)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return TrainConfig.model_validate(tree)
+    tree = apply_overrides(TrainConfig, read_preset(preset_or_file), list(overrides or []))
+    where = None if preset_or_file is None else f"training config {preset_or_file}"
+    return validate(TrainConfig, tree, where)
 
 
 def config_to_yaml(config: TrainConfig) -> str:
     """The fully resolved config (every key), as saved beside a run's outputs."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return to_yaml(config)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
     """Write ``config.yaml`` atomically (temp name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(config_to_yaml(config))
-    tmp.replace(path)
-    return path
+    return dump_yaml(config, path)
+
+
+# Keys that change only bookkeeping, never the math or the data order, so they may differ when a run
+# resumes. The stop step is not among the config keys at all: ``--max-steps`` (an argument) may grow
+# from one start to the next, which is how a run is resumed for more steps.
+RESUME_FREE_KEYS = frozenset({"train.checkpoint_every", "train.keep_last", "train.log_every"})
+_ABSENT = "(absent)"
+
+
+def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """``key: old -> new`` for each leaf where ``saved`` (a run's config.yaml tree) and ``config`` differ."""
+    old, new = flatten(saved), flatten(config.model_dump(mode="json"))
+    keys = sorted((set(old) | set(new)) - RESUME_FREE_KEYS)
+    return [
+        f"{key}: {old.get(key, _ABSENT)!r} -> {new.get(key, _ABSENT)!r}"
+        for key in keys
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+    ]
+
+
+def resume_conflict(run_dir: str | Path, config: TrainConfig) -> str | None:
+    """One line when ``run_dir`` holds checkpoints of a run with other settings than ``config``, else None.
+
+    Compared with the run directory's ``config.yaml`` (the settings the checkpoints were trained
+    with); keys in :data:`RESUME_FREE_KEYS` are ignored.
+    """
+    from pretrain.checkpoint import list_checkpoints  # torch: only when a run directory is checked
+
+    run_dir = Path(run_dir)
+    saved_path = run_dir / "config.yaml"
+    if not list_checkpoints(run_dir / "checkpoints") or not saved_path.is_file():
+        return None
+    diffs = config_differences(read_yaml(saved_path), config)
+    if not diffs:
+        return None
+    return (
+        f"run directory {str(run_dir)!r} holds checkpoints of a run with other settings ({'; '.join(diffs)}): "
+        "resume it anyway with the new settings (--resume-anyway) or choose a new output directory"
+    )

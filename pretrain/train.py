@@ -8,8 +8,11 @@
 ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per logged step), ``checkpoints/`` and, at
 the end, the teacher backbone (``teacher_backbone.safetensors`` plus official and Hugging Face
 layouts under ``export/``). Started again on a directory with checkpoints, it resumes from the
-newest valid one: the losses continue step for step as if never interrupted. Each logged step is
-also printed as ``DINOFLOW_METRICS {json}`` for the Prefect sub-flow.
+newest valid one: the losses continue step for step as if never interrupted. If the new config
+differs from the directory's ``config.yaml`` (bookkeeping keys aside: ``pretrain.config.RESUME_FREE_KEYS``)
+it stops before any work, listing the differing keys: pass ``--resume-anyway`` or a new directory.
+``--max-steps`` is an argument, not config: raising it resumes a run for more steps. Each logged
+step is also printed as ``DINOFLOW_METRICS {json}`` for the Prefect sub-flow.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from typing import Any
 
 import torch
 
+from data_catalog.settings import ConfigError
 from pretrain import checkpoint as ckpt
 from pretrain import distributed as D
-from pretrain.config import TrainConfig, load_config, save_config
+from pretrain.config import TrainConfig, load_config, resume_conflict, save_config
 from pretrain.data import build_loader, derive_seed, open_dataset, seed_everything
 from pretrain.export import (
     LAYOUT_PATHS,
@@ -146,6 +150,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many global steps")
     p.add_argument("--checkpoint-every", type=int, default=None, help="override train.checkpoint_every")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    p.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="resume the checkpoints in --output-dir even though their config.yaml differs from this config",
+    )
     p.add_argument("--run-id", default=None, help="catalog run id (default: the output dir's name)")
     return p.parse_args(argv)
 
@@ -323,12 +332,26 @@ def train(config: TrainConfig, args: argparse.Namespace, info: D.DistInfo, log: 
     return step
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """The validated config of this start; a mistake, or a run directory trained with other settings
+    (unless ``--resume-anyway``), is a one-line ConfigError, raised before any work starts."""
     overrides = list(args.overrides)
     if args.checkpoint_every is not None:
         overrides.append(f"train.checkpoint_every={args.checkpoint_every}")
     config = load_config(args.config, overrides)
+    conflict = resume_conflict(args.output_dir, config)
+    if conflict is not None and not args.resume_anyway:
+        raise ConfigError(conflict)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = resolve_config(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     info = D.init()
     if info.device.type == "cpu":
         D.set_cpu_threads(info.world_size, config.train.num_workers)
