@@ -7,7 +7,9 @@ measured on the shared real photos (see ``curation/filters.py`` and ``benchmarks
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from data_catalog.settings import StrictModel
 
 # PIL raises DecompressionBombError at 2 * Image.MAX_IMAGE_PIXELS (178,956,970 px) while opening;
 # our cap is checked from the header before decoding, at PIL's warning level (89,478,485 px):
@@ -15,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 DEFAULT_MAX_PIXELS = 89_478_485
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Config(StrictModel):
+    """Frozen; an unknown key is an error naming the closest valid keys (``data_catalog.settings``)."""
+
+    model_config = ConfigDict(frozen=True)
 
 
 class FilterConfig(_Config):

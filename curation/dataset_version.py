@@ -338,6 +338,7 @@ def create_dataset_version(
     jpeg_quality: int = 90,
     parents: Sequence[str] = (),
     config: dict[str, Any] | None = None,
+    curation: dict[str, Any] | None = None,
     run_id: str | None = None,
     progress: Progress | None = None,
     errors: str = "raise",
@@ -349,7 +350,9 @@ def create_dataset_version(
 
     ``selection`` needs ``image_id`` and ``uri``; its other columns (``cluster_id``, ...) go into each
     sample's json. ``parents`` are ``NAME:vN`` lineage references; ``config`` (the calling stage's
-    settings) is saved under ``"stage"`` in the record's config. ``errors``: ``"raise"`` stops at the
+    settings) is saved under ``"stage"`` in the record's config, ``curation`` (the curation settings
+    that decided which images the catalog accepts: filter thresholds, hash radius, ...) under
+    ``"curation"``. ``errors``: ``"raise"`` stops at the
     first unreadable/undecodable sample (no version), ``"skip"`` leaves it out and lists it under
     ``"skipped"`` in the index with a ``read_error``/``decode_error`` reason. ``progress(done, total)``
     is called every ~0.1 % of the samples. ``workers`` threads read and encode; ``storage_options``
@@ -361,6 +364,7 @@ def create_dataset_version(
         shard_max_samples=shard_max_samples, reencode_max_side=reencode_max_side, jpeg_quality=jpeg_quality,
         errors=errors, workers=workers,
     )  # fmt: skip
+    opts["curation"] = curation  # lineage: the rules that chose the images, not only the table version
     parent_ids = _parent_ids(parents)
     table, images_version = _selection_and_version(catalog, selection)
     ordered, merged = order_selection(table, max_samples, seed)

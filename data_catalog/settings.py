@@ -67,6 +67,14 @@ class StrictModel(BaseModel):
         return data
 
 
+def key_error(model: type[BaseModel], key: str, message: str, value: Any) -> ValidationError:
+    """A validation error at ``key`` of ``model`` (raised inside a validator, it keeps the full path)."""
+    error = PydanticCustomError("config_error", "{message}", {"message": message})
+    return ValidationError.from_exception_data(
+        model.__name__, [InitErrorDetails(type=error, loc=(key,), input=value)]
+    )
+
+
 def _unknown_key_error(key: Any, value: Any, valid: list[str]) -> InitErrorDetails:
     close = close_keys(str(key), valid)
     hint = (
@@ -145,7 +153,8 @@ def format_error(exc: ValidationError, model: type[BaseModel] | None = None, whe
         else:
             msg = err["msg"].removeprefix("Value error, ")
             shown = f"config key {dotted!r}: " if dotted else ""
-            got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+            plain = err["type"] == "config_error" or isinstance(err.get("input"), dict)
+            got = "" if plain else f" (got {err.get('input')!r})"
             parts.append(f"{shown}{msg}{got}")
     return "; ".join(parts) + (f" [{where}]" if where else "")
 
@@ -268,3 +277,16 @@ def dump_yaml(config: BaseModel, path: str | Path) -> Path:
     tmp.write_text(to_yaml(config))
     tmp.replace(path)
     return path
+
+
+def differences(base: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``tree`` that differs from ``base``, as a nested tree (``deep_merge(base, it) == tree``)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            sub = differences(base[key], value)
+            if sub:
+                out[key] = sub
+        elif key not in base or base[key] != value:
+            out[key] = value
+    return out

@@ -21,8 +21,10 @@ from curation.dataset_version import create_dataset_version
 from curation.hashdedup import apply_hash_dedup
 from curation.ingest import ingest
 from data_catalog.catalog import Catalog
+from data_catalog.settings import ConfigError
 from evaluation.knn import extract_features, image_folder_loader, knn_accuracy
 from pretrain import launch
+from pretrain.config import load_config, resume_conflict
 from pretrain.models.io import load_backbone, save_backbone
 from pretrain.models.vit import DinoVisionTransformer
 
@@ -36,10 +38,13 @@ def _extract(archive: Path, dest: Path, inner: str) -> Path:
     return dest / inner
 
 
+CURATE = CurateConfig.model_validate({"filter": {"min_side": 32}})  # CIFAR's 32 px images are kept
+
+
 def build_catalog(data_dir: Path, workdir: Path) -> Catalog:
     """CIFAR-10 train + Imagenette -> catalog (min side 32 so CIFAR's 32 px images are kept)."""
     catalog = Catalog(str(workdir / "catalog"))
-    cfg = CurateConfig.model_validate({"filter": {"min_side": 32}})
+    cfg = CURATE
     for archive, inner in SOURCES.items():
         source = _extract(data_dir / archive, workdir / "src", inner)
         ingest(catalog, str(source), cfg, run_id=f"bootstrap-{inner}")
@@ -47,11 +52,28 @@ def build_catalog(data_dir: Path, workdir: Path) -> Catalog:
     return catalog
 
 
-def train(catalog: Catalog, run_dir: Path, steps: int, overrides: list[str]) -> None:
+def train_overrides(steps: int, overrides: list[str]) -> list[str]:
+    """The demo preset stretched to ``steps`` (epochs of 100 steps), then the user's ``--set`` items."""
     epochs = max(1, steps // 100)
+    return [
+        f"train.epochs={epochs}",
+        "train.iterations_per_epoch=100",
+        "train.checkpoint_every=100",
+        *overrides,
+    ]
+
+
+def check_run_dir(run_dir: Path, overrides: list[str]) -> None:
+    """Before any work: the overrides are valid, and ``run_dir`` holds no run with other settings."""
+    remedy = "pass another --workdir (or delete its run/ folder) to train with these settings"
+    conflict = resume_conflict(run_dir, load_config("demo", overrides), remedy)
+    if conflict is not None:
+        raise ConfigError(conflict)
+
+
+def train(catalog: Catalog, run_dir: Path, overrides: list[str]) -> None:
     args = ["--config", "demo", "--catalog", catalog.root, "--dataset", "bootstrap", "--output-dir", str(run_dir),
-            "--set", f"train.epochs={epochs}", "--set", "train.iterations_per_epoch=100",
-            "--set", "train.checkpoint_every=100", *sum((["--set", o] for o in overrides), [])]  # fmt: skip
+            *sum((["--set", o] for o in overrides), [])]  # fmt: skip
     code, tail = launch.run_streaming(
         launch.torchrun_command(args, nproc_per_node=1),
         on_line=lambda line: print(
@@ -75,11 +97,16 @@ def knn_cifar10(
 
 def build_bootstrap(data_dir: Path, workdir: Path, out: Path, steps: int, per_class: int = 1000,
                     overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    run_dir = workdir / "run"
+    settings = train_overrides(steps, list(overrides or []))
+    check_run_dir(run_dir, settings)  # a mistake in --set stops here, before any work
     catalog = build_catalog(data_dir, workdir)
     if catalog.version("datasets") is None:
-        create_dataset_version(catalog, "bootstrap", seed=0, config={"sources": list(SOURCES)})
-    run_dir = workdir / "run"
-    train(catalog, run_dir, steps, overrides or [])
+        curation = {"curate": CURATE.model_dump(mode="json"), "sources": list(SOURCES)}
+        create_dataset_version(
+            catalog, "bootstrap", seed=0, config={"sources": list(SOURCES)}, curation=curation
+        )
+    train(catalog, run_dir, settings)
     teacher = load_backbone(run_dir / "teacher_backbone.safetensors").eval()
     size = 64  # the demo preset's global crop size
     torch.manual_seed(0)

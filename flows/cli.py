@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -23,27 +25,45 @@ app.add_typer(catalog_app, name="catalog")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with pipeline settings.")]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override one setting, e.g. --set curate.filter.min_side=96 (repeatable)."),
+    typer.Option(
+        "--set",
+        help="Override one setting, e.g. --set curate.filter.min_side=96 or "
+        "--set pretrain.train.optim.base_lr=1e-3 (repeatable).",
+    ),
 ]
 CatalogOpt = Annotated[str, typer.Option("--catalog", help="Catalog root: a folder or an fsspec URI.")]
 
 
-def _pipeline_config(
-    catalog: str, source: str | None, config: Path | None, overrides: list[str] | None, **extra
-):  # type: ignore[no-untyped-def]
-    from flows.config import PipelineConfig
-    from flows.settings import load_model
+CatalogFlag = Annotated[
+    str | None,
+    typer.Option(
+        "--catalog", help="Catalog root: a folder or an fsspec URI (overrides 'catalog:' of --config)."
+    ),
+]
 
-    base = {"catalog": catalog, **({"source": source} if source else {}), **extra}
-    return load_model(PipelineConfig, config, overrides or [], **base)
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A config mistake is one line on stderr and exit code 2, never a traceback."""
+    from data_catalog.settings import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
 def curate(
     source: Annotated[
-        str, typer.Option("--source", help="Folder, fsspec URL, tar shards, or a parquet/CSV list.")
-    ],
-    catalog: CatalogOpt,
+        str | None,
+        typer.Option(
+            "--source",
+            help="Folder, fsspec URL, tar shards, or a parquet/CSV list (overrides 'source:' of --config).",
+        ),
+    ] = None,
+    catalog: CatalogFlag = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     dask_address: Annotated[
@@ -51,31 +71,40 @@ def curate(
     ] = None,
 ) -> None:
     """Ingest, filter and hash-deduplicate images into the catalog (Prefect ephemeral mode, no server)."""
-    from flows.curate import curate as curate_flow
-    from flows.report import print_summary
+    from flows.settings import pipeline_config
 
-    cfg = _pipeline_config(
-        catalog, source, config, overrides, **({"dask_address": dask_address} if dask_address else {})
-    )
-    result = curate_flow(cfg)
-    print_summary(result)
+    with user_errors():
+        cfg = pipeline_config(
+            config, overrides, require_source=True, catalog=catalog, source=source, dask_address=dask_address
+        )
+        from flows.curate import curate as curate_flow
+        from flows.report import print_summary
+
+        print_summary(curate_flow(cfg))
 
 
 @app.command()
 def run(
-    catalog: CatalogOpt,
+    catalog: CatalogFlag = None,
     source: Annotated[
-        str | None, typer.Option("--source", help="Images to ingest (omit to use the catalog as is).")
+        str | None,
+        typer.Option(
+            "--source",
+            help="Images to ingest (overrides 'source:' of --config; omit both to use the catalog as is).",
+        ),
     ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Run the whole ``curate-and-pretrain`` flow locally (Prefect ephemeral mode)."""
-    from flows.pipeline import curate_and_pretrain
-    from flows.report import print_summary
+    from flows.settings import pipeline_config
 
-    cfg = _pipeline_config(catalog, source, config, overrides)
-    print_summary(curate_and_pretrain(cfg))
+    with user_errors():
+        cfg = pipeline_config(config, overrides, catalog=catalog, source=source)
+        from flows.pipeline import curate_and_pretrain
+        from flows.report import print_summary
+
+        print_summary(curate_and_pretrain(cfg))
 
 
 @app.command()
@@ -104,11 +133,13 @@ def serve(
     timezone: Annotated[str, typer.Option(help="IANA timezone of the schedule.")] = "UTC",
 ) -> None:
     """Serve the ``curate-and-pretrain/nightly`` deployment (needs ``prefect server start``)."""
-    from flows.config import PipelineConfig
-    from flows.deploy import serve_nightly
-    from flows.settings import load_model
+    from flows.settings import pipeline_config
 
-    serve_nightly(load_model(PipelineConfig, config, overrides or []), cron=cron, timezone=timezone)
+    with user_errors():
+        cfg = pipeline_config(config, overrides)
+        from flows.deploy import serve_nightly
+
+        serve_nightly(cfg, cron=cron, timezone=timezone)
 
 
 @app.command("bootstrap-backbone")
@@ -128,7 +159,8 @@ def bootstrap_backbone(
     """Reproduce the shipped bootstrap backbone and its CIFAR-10 kNN numbers (CPU, under an hour)."""
     from flows.bootstrap import build_bootstrap
 
-    record = build_bootstrap(data, workdir, out, steps, overrides=overrides or [])
+    with user_errors():
+        record = build_bootstrap(data, workdir, out, steps, overrides=overrides or [])
     typer.echo(json.dumps(record["knn_cifar10_test"], indent=2))
 
 

@@ -49,8 +49,10 @@ def create(
     """Write the catalog's accepted images as a new, immutable dataset version."""
     from curation.dataset_version import create_dataset_version
     from data_catalog.catalog import Catalog
+    from flows.settings import curation_record
 
     console = Console()
+    cat = Catalog(catalog)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -64,7 +66,7 @@ def create(
             bar.update(task, completed=done, total=total)
 
         record = create_dataset_version(
-            Catalog(catalog),
+            cat,
             name,
             max_samples=max_samples,
             seed=seed,
@@ -74,6 +76,7 @@ def create(
             jpeg_quality=jpeg_quality,
             parents=parents or [],
             errors="skip" if skip_errors else "raise",
+            curation=curation_record(cat),
             progress=on_progress,
         )
     console.print(
@@ -131,3 +134,37 @@ def verify(
     )
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+@dataset_app.command("show")
+def show(
+    catalog: CatalogOpt,
+    dataset: Annotated[str, typer.Argument(help="NAME or NAME:vN (default: the newest version).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole record as JSON.")] = False,
+) -> None:
+    """One dataset version: its shards, lineage and the config that chose its images (curation rules)."""
+    import yaml
+
+    from data_catalog.catalog import Catalog
+    from data_catalog.datasets import get_dataset, parse_dataset_ref
+
+    try:
+        name, version = parse_dataset_ref(dataset)
+        record = get_dataset(Catalog(catalog), name, version)
+    except (KeyError, ValueError) as exc:
+        typer.echo(f"error: {exc.args[0] if exc.args else exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({**record.to_row(), "config": record.config}, indent=2, default=str))
+        return
+    fields = ("num_samples", "num_shards", "total_bytes", "shards_uri", "index_uri", "images_table_version")
+    lines = [f"dataset {record.ref}"] + [f"  {f}: {getattr(record, f)}" for f in fields]
+    lines += [f"  parents: {', '.join(record.parents) or '-'}", f"  created_at: {record.created_at}"]
+    config = record.config
+    curation = config.pop("curation", None)
+    lines.append("curation (the settings that decided which images the catalog accepts):")
+    text = yaml.safe_dump(curation, sort_keys=False) if curation else "not recorded\n"
+    lines += ["  " + ln for ln in text.splitlines()]
+    lines.append("version settings (sampling, shards):")
+    lines += ["  " + ln for ln in yaml.safe_dump(config, sort_keys=False).splitlines()]
+    typer.echo("\n".join(lines))

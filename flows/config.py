@@ -1,17 +1,24 @@
 """The pipeline's parameters: one pydantic config, used directly as the flow parameter.
 
-Each stage's own config lives with its library (``curation.config.CurateConfig``); this module
-only assembles them and adds what is about running (catalog, source, Dask, launching torchrun).
+Each stage's own config lives with its library (``curation.config.CurateConfig``,
+``pretrain.config.TrainConfig``); this module only assembles them and adds what is about running
+(catalog, source, Dask, launching torchrun). Every model forbids unknown keys
+(``data_catalog.settings.StrictModel``), whether they come from a YAML file, ``--set`` or the
+deployment's parameters edited in the Prefect UI.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import Field, field_serializer, model_validator
 
 from curation.config import CurateConfig
+from data_catalog.settings import ConfigError, StrictModel, deep_merge, differences, key_error, read_yaml
+from pretrain.config import PRESETS_DIR, TrainConfig, load_config, preset_path
 
 
-class DatasetStageConfig(BaseModel):
+class DatasetStageConfig(StrictModel):
     """Writing the accepted images as a new, immutable dataset version (webdataset shards)."""
 
     enabled: bool = Field(True, description="Write a dataset version after curation.")
@@ -26,24 +33,71 @@ class DatasetStageConfig(BaseModel):
     )
 
 
-class PretrainStageConfig(BaseModel):
-    """Launching DINOv2 pretraining (``python -m pretrain.train`` under torchrun) on a dataset version."""
+DEFAULT_PRESET = "demo"
+
+
+class PretrainStageConfig(StrictModel):
+    """Launching DINOv2 pretraining (``python -m pretrain.train`` under torchrun) on a dataset version.
+
+    ``train`` is the whole training config, resolved when this config loads: the preset's keys, then
+    the user's ``train`` keys merged over them (``--set pretrain.train.optim.base_lr=1e-3``). It is
+    written as the differences from the preset, so a dumped config loads back equal and a later edit
+    of ``preset`` (in the Prefect UI, say) keeps the user's own keys on the new preset.
+    """
 
     enabled: bool = Field(False, description="Run pretraining after the dataset version is written.")
     preset: str = Field(
-        "demo", description="Training preset name (vits14, vitb14, vitl14, vitg14, demo) or YAML file."
+        DEFAULT_PRESET,
+        description="Base of the training config: a preset name (vits14, vitb14, vitl14, vitg14, demo) "
+        "or a YAML file (made absolute when the config loads).",
     )
-    overrides: list[str] = Field(
-        default_factory=list, description="key=value overrides of the training config."
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="Training config keys over the preset (pretrain/config.py TrainConfig: model, heads, "
+        "loss, crops, masking, optim, train, highres).",
     )
-    max_steps: int | None = Field(None, description="Stop after this many steps (None: the preset's length).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many steps (None: the preset's length)."
+    )
     nproc_per_node: int | None = Field(
         None, description="Processes per node; None: one per visible GPU, or 1 on a machine without GPU."
     )
     output_root: str | None = Field(None, description="Folder for run directories (default: CATALOG/runs).")
+    resume_anyway: bool = Field(
+        False,
+        description="Resume a run directory whose checkpoints were trained with other settings "
+        "(default: stop, listing the differing keys).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_preset(cls, data: Any) -> Any:
+        """``train`` = the preset's tree with the given ``train`` keys merged over it."""
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", DEFAULT_PRESET)
+        user = data.get("train", {})
+        if not isinstance(preset, str) or not isinstance(user, dict):
+            return data  # a TrainConfig instance is taken as it is; a wrong type is field validation's
+        try:
+            path = preset_path(preset)
+        except ConfigError as exc:
+            raise key_error(cls, "preset", str(exc), preset) from None
+        if path.parent != PRESETS_DIR:
+            preset = str(path.resolve())  # a file: found again from any working directory
+        return {**data, "preset": preset, "train": deep_merge(read_yaml(path), user)}
+
+    @field_serializer("train")
+    def _train_as_differences(self, train: TrainConfig) -> dict[str, Any]:
+        resolved = train.model_dump(mode="json")
+        try:
+            base = load_config(self.preset).model_dump(mode="json")
+        except ConfigError:  # the preset file is gone: write every key
+            return resolved
+        return differences(base, resolved)
 
 
-class PipelineConfig(BaseModel):
+class PipelineConfig(StrictModel):
     """Parameters of ``curate-and-pretrain`` (and, without the later stages, of ``curate``)."""
 
     catalog: str = Field(description="Catalog root: a local folder or an fsspec URI (s3://bucket/catalog).")

@@ -15,6 +15,7 @@ from data_catalog.catalog import Catalog
 from data_catalog.images import status_counts
 from flows.artifacts import publish_counts, set_progress, start_progress
 from flows.config import PipelineConfig
+from flows.settings import save_pipeline_config
 
 
 @task(name="plan-partitions")
@@ -87,6 +88,7 @@ def curate(config: PipelineConfig) -> dict[str, Any]:
     logger = get_run_logger()
     catalog = Catalog(config.catalog)
     run_id = _run_id()  # a retried flow run keeps its id, so staged partitions are reused
+    logger.info("resolved config: %s", save_pipeline_config(config, run_id))
     plans = plan_partitions(config)
     logger.info("%d new files in %d partitions from %s", sum(map(len, plans)), len(plans), config.source)
     staging: list[str] = []

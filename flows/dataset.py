@@ -8,6 +8,7 @@ from curation.dataset_version import create_dataset_version
 from data_catalog.catalog import Catalog
 from flows.artifacts import publish_markdown, set_progress, start_progress
 from flows.config import DatasetStageConfig
+from flows.settings import curation_record
 
 
 @task(name="dataset-version", retries=1, retry_delay_seconds=5)
@@ -28,6 +29,7 @@ def dataset_version(catalog: str, stage: DatasetStageConfig) -> str:
         shard_max_bytes=stage.shard_max_bytes,
         reencode_max_side=stage.reencode_max_side,
         config=stage.model_dump(mode="json"),
+        curation=curation_record(Catalog(catalog)),
         progress=on_progress,
     )
     set_progress(progress, 100.0)

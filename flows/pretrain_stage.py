@@ -8,10 +8,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from data_catalog.settings import ConfigError
 from evaluation.plots import plot_loss_curves, read_metrics
 from flows.artifacts import image_markdown, publish_markdown, set_progress, start_progress
 from flows.config import PretrainStageConfig
 from pretrain import launch
+from pretrain.config import resume_conflict, save_config
+
+LAUNCH_CONFIG = "launch_config.yaml"  # the flow's resolved training config; config.yaml is the trainer's
 
 
 def run_dir_for(catalog: str, dataset: str, stage: PretrainStageConfig) -> Path:
@@ -21,21 +25,29 @@ def run_dir_for(catalog: str, dataset: str, stage: PretrainStageConfig) -> Path:
     return root / f"{dataset.replace(':', '-')}-{preset}"
 
 
+def write_train_config(stage: PretrainStageConfig, run_dir: Path) -> Path:
+    """The resolved training config, written into the run directory for the trainer to read.
+
+    What runs is exactly what was validated when the pipeline config loaded. A run directory that
+    holds checkpoints trained with other settings is refused here, before torchrun starts, unless
+    ``pretrain.resume_anyway`` (the trainer checks again; its run directories are new per dataset
+    version, so this meets only a reused ``output_root``).
+    """
+    remedy = "set pretrain.resume_anyway=true to resume it with them, or another pretrain.output_root"
+    conflict = resume_conflict(run_dir, stage.train, remedy)
+    if conflict is not None and not stage.resume_anyway:
+        raise ConfigError(conflict)
+    return save_config(stage.train, run_dir / LAUNCH_CONFIG)
+
+
 def train_args(catalog: str, dataset: str, stage: PretrainStageConfig, run_dir: Path) -> list[str]:
-    args = [
-        "--config",
-        stage.preset,
-        "--catalog",
-        catalog,
-        "--dataset",
-        dataset,
-        "--output-dir",
-        str(run_dir),
-    ]
+    """``python -m pretrain.train`` arguments: the config file written by :func:`write_train_config`."""
+    args = ["--config", str(run_dir / LAUNCH_CONFIG), "--catalog", catalog, "--dataset", dataset]
+    args += ["--output-dir", str(run_dir)]
     if stage.max_steps is not None:
         args += ["--max-steps", str(stage.max_steps)]
-    for item in stage.overrides:
-        args += ["--set", item]
+    if stage.resume_anyway:
+        args.append("--resume-anyway")
     return args
 
 
@@ -77,6 +89,7 @@ def torchrun_task(cmd: list[str], run_key: str) -> int:
 def pretrain(catalog: str, dataset: str, stage: PretrainStageConfig) -> dict[str, Any]:
     """Train DINOv2 on a dataset version (``NAME:vN``); resume if the run directory holds checkpoints."""
     run_dir = run_dir_for(catalog, dataset, stage)
+    write_train_config(stage, run_dir)
     nproc = stage.nproc_per_node or launch.default_nproc()
     cmd = launch.torchrun_command(train_args(catalog, dataset, stage, run_dir), nproc)
     torchrun_task(cmd, run_key=run_dir.name)

@@ -1,72 +1,104 @@
-"""Loading a pydantic config from YAML plus ``--set key=value`` overrides (dotted keys)."""
+"""The pipeline's config from the CLI: YAML file, flags, ``--set`` overrides; saved beside each run.
+
+The loader itself is ``data_catalog.settings`` (one for every layer); this module adds what is
+about the pipeline: flags that override the file (``--catalog``, ``--source``), and where a run's
+resolved config is saved (``CATALOG/runs/<run_id>/pipeline.yaml``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
-from pydantic import BaseModel
 
-M = TypeVar("M", bound=BaseModel)
+from data_catalog.catalog import Catalog
+from data_catalog.settings import (
+    ConfigError,
+    apply_overrides,
+    deep_merge,
+    dump_yaml,
+    load_model,
+    parse_override,
+    read_yaml,
+    to_yaml,
+    validate,
+)
+from flows.config import PipelineConfig
 
+__all__ = [
+    "ConfigError",
+    "dump_yaml",
+    "load_model",
+    "parse_override",
+    "pipeline_config",
+    "save_pipeline_config",
+]
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"curate.filter.min_side=96"`` -> (["curate", "filter", "min_side"], 96) (value parsed as YAML)."""
-    if "=" not in item:
-        raise ValueError(f"override {item!r} is not of the form key=value (e.g. curate.filter.min_side=96)")
-    key, raw = item.split("=", 1)
-    path = [part for part in key.strip().split(".") if part]
-    if not path:
-        raise ValueError(f"override {item!r} has an empty key")
-    return path, yaml.safe_load(raw) if raw.strip() else None
-
-
-def _set(tree: dict[str, Any], path: list[str], value: Any, model: type[BaseModel]) -> None:
-    fields = model.model_fields
-    head = path[0]
-    if head not in fields:
-        raise ValueError(f"unknown config key {head!r} in {model.__name__}; valid keys: {', '.join(fields)}")
-    if len(path) == 1:
-        tree[head] = value
-        return
-    annotation = fields[head].annotation
-    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-        raise ValueError(f"config key {head!r} is a value, not a section: cannot set {'.'.join(path)}")
-    sub = tree.setdefault(head, {})
-    if isinstance(sub, BaseModel):
-        sub = tree[head] = sub.model_dump()
-    _set(sub, path[1:], value, annotation)
+PIPELINE_FILE = "pipeline.yaml"
 
 
-def load_model(
-    model: type[M], file: str | Path | None = None, overrides: list[str] | None = None, **base: Any
-) -> M:
-    """Build ``model`` from keyword defaults, then a YAML ``file``, then ``overrides``; validated once."""
-    tree: dict[str, Any] = dict(base)
-    if file is not None:
-        loaded = yaml.safe_load(Path(file).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {file} must hold a mapping at the top level")
-        tree = _deep_merge(tree, loaded)
-    for item in overrides or []:
-        path, value = parse_override(item)
-        _set(tree, path, value, model)
-    return model.model_validate(tree)
+def pipeline_config(
+    file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    require_source: bool = False,
+    **flags: Any,
+) -> PipelineConfig:
+    """The file's keys, then the flags that were given (``catalog=``, ``source=``, ... not None), then
+    ``--set`` overrides; validated once. A missing catalog (or source) is a one-line ConfigError."""
+    tree = read_yaml(file) if file is not None else {}
+    tree = deep_merge(tree, {k: v for k, v in flags.items() if v is not None})
+    tree = apply_overrides(PipelineConfig, tree, list(overrides or []))
+    # unknown keys and bad values first: a misspelled 'sorce:' is named as such, not as a missing source
+    no_catalog = tree.get("catalog") is None
+    cfg = validate(
+        PipelineConfig, {**tree, "catalog": ""} if no_catalog else tree, f"config {file}" if file else None
+    )
+    in_file = "" if file is None else f" or set it in {file}"
+    if no_catalog:
+        raise ConfigError(f"no catalog: pass --catalog (a folder or an fsspec URI){in_file}")
+    if require_source and cfg.source is None:
+        raise ConfigError(
+            f"no source: pass --source (a folder, fsspec URL, tar shards or a URI list){in_file}"
+        )
+    return cfg
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def save_pipeline_config(config: PipelineConfig, run_id: str) -> str:
+    """Write the resolved config to ``CATALOG/runs/<run_id>/pipeline.yaml`` (atomic); returns its uri.
+
+    It loads back (``--config``) to an equal config; credentials never are in it (they come from
+    the environment).
+    """
+    catalog = Catalog(config.catalog)
+    if catalog.is_local:
+        return str(dump_yaml(config, Path(catalog.uri("runs", run_id, PIPELINE_FILE))))
+    uri = catalog.uri("runs", run_id, PIPELINE_FILE)
+    catalog.filesystem().pipe(uri, to_yaml(config).encode())  # one object PUT: atomic on object stores
+    return uri
 
 
-def dump_yaml(config: BaseModel, path: Path) -> None:
-    """Save the resolved config beside an output (atomic)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    tmp.replace(path)
+def curation_record(catalog: Catalog) -> dict[str, Any] | None:
+    """The curation settings behind the images table as it is now, for a dataset version to record.
+
+    The newest images commit names its run (``run_id`` in the Delta commit metadata); that run's
+    saved ``pipeline.yaml`` holds the curate config (filters, hash radius, ...) that decided the
+    statuses: hash dedup regroups the whole catalog on every run, so the newest run's settings are
+    the ones in force. None when the table has no commit; ``curate: None`` when the run saved no
+    config (a library call such as the bootstrap build).
+    """
+    history = catalog.history("images")
+    if not history:
+        return None
+    newest = max(history, key=lambda h: h["version"])
+    run_id = newest.get("run_id")
+    record: dict[str, Any] = {"images_table_version": newest["version"], "run_id": run_id, "curate": None}
+    if run_id:
+        uri = catalog.uri("runs", str(run_id), PIPELINE_FILE)
+        fs = catalog.filesystem()
+        if fs.exists(uri):
+            saved = yaml.safe_load(fs.cat_file(uri).decode()) or {}
+            record["curate"] = saved.get("curate")
+            record["pipeline_config"] = uri
+    return record

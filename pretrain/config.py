@@ -234,11 +234,15 @@ def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     ]
 
 
-def resume_conflict(run_dir: str | Path, config: TrainConfig) -> str | None:
+RESUME_REMEDY = "resume it anyway with the new settings (--resume-anyway) or choose a new --output-dir"
+
+
+def resume_conflict(run_dir: str | Path, config: TrainConfig, remedy: str = RESUME_REMEDY) -> str | None:
     """One line when ``run_dir`` holds checkpoints of a run with other settings than ``config``, else None.
 
     Compared with the run directory's ``config.yaml`` (the settings the checkpoints were trained
-    with); keys in :data:`RESUME_FREE_KEYS` are ignored.
+    with); keys in :data:`RESUME_FREE_KEYS` are ignored. ``remedy`` ends the line: what the caller's
+    user can do about it.
     """
     from pretrain.checkpoint import list_checkpoints  # torch: only when a run directory is checked
 
@@ -250,6 +254,6 @@ def resume_conflict(run_dir: str | Path, config: TrainConfig) -> str | None:
     if not diffs:
         return None
     return (
-        f"run directory {str(run_dir)!r} holds checkpoints of a run with other settings ({'; '.join(diffs)}): "
-        "resume it anyway with the new settings (--resume-anyway) or choose a new output directory"
+        f"run directory {str(run_dir)!r} holds checkpoints of a run with other settings "
+        f"({'; '.join(diffs)}): {remedy}"
     )

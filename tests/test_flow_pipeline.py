@@ -39,7 +39,7 @@ def test_curate_and_pretrain_on_real_images(
                 "preset": "demo",
                 "max_steps": 3,
                 "nproc_per_node": 1,
-                "overrides": ["train.batch_size_per_device=8", "train.num_workers=0"],
+                "train": {"train": {"batch_size_per_device": 8, "num_workers": 0}, "optim": {"base_lr": 0.002}},
             },
         }
     )
