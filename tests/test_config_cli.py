@@ -194,3 +194,35 @@ def test_train_cli_config_mistakes_are_one_line(tmp_path: Path) -> None:
     done = _train_cli(["--config", "demo", "--set", "optim.base_lr=0.1", *common])
     assert done.returncode == 2 and "optim.base_lr: 0.002 -> 0.1" in done.stderr
     assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["base_lr"] == 0.002  # untouched
+
+
+def test_resume_anyway_continues_a_real_run_with_new_settings(imagenette_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    import pyarrow as pa
+
+    from curation.dataset_version import create_dataset_version
+    from data_catalog.catalog import Catalog
+
+    files = sorted(imagenette_dir.glob("*/*.JPEG"))[::20][:40]
+    catalog = Catalog(str(tmp_path / "catalog"))
+    selection = pa.table({"image_id": [f.stem for f in files], "uri": [str(f) for f in files]})
+    record = create_dataset_version(catalog, "tiny", selection=selection, workers=2)
+    out = tmp_path / "run"
+    tiny = ["train.batch_size_per_device=4", "crops.local_number=2", "train.num_workers=0"]
+    tiny += ["heads.dino.prototypes=256", "train.log_every=1"]
+    args = ["--config", "demo", "--dataset", record.ref, "--catalog", catalog.root, "--output-dir", str(out)]
+    sets = [x for item in tiny for x in ("--set", item)]
+    first = _train_cli([*args, *sets, "--max-steps", "2"])
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    changed = [*sets, "--set", "optim.base_lr=0.004", "--max-steps", "3"]
+    refused = _train_cli([*args, *changed])
+    assert refused.returncode == 2 and "optim.base_lr: 0.002 -> 0.004" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    resumed = _train_cli([*args, *changed, "--resume-anyway"])
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    printed = [ln for ln in resumed.stdout.splitlines() if ln.startswith("DINOFLOW_METRICS ")]
+    assert [json.loads(ln.split(" ", 1)[1])["step"] for ln in printed] == [3]  # resumed at step 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["base_lr"] == 0.004
