@@ -20,6 +20,7 @@ def test_curate_and_pretrain_on_real_images(
     from data_catalog.runs import read_runs
     from flows.config import PipelineConfig
     from flows.pipeline import curate_and_pretrain
+    from pretrain.config import load_config
 
     source = tmp_path / "pool"
     for cls in sorted(imagenette_dir.iterdir())[:4]:
@@ -39,7 +40,10 @@ def test_curate_and_pretrain_on_real_images(
                 "preset": "demo",
                 "max_steps": 3,
                 "nproc_per_node": 1,
-                "train": {"train": {"batch_size_per_device": 8, "num_workers": 0}, "optim": {"base_lr": 0.002}},
+                "train": {
+                    "train": {"batch_size_per_device": 8, "num_workers": 0},
+                    "optim": {"base_lr": 0.003},
+                },
             },
         }
     )
@@ -51,11 +55,18 @@ def test_curate_and_pretrain_on_real_images(
     accepted = sum(int(r["count"]) for r in result["counts"] if r["status"] == "accepted")
     assert record.num_samples == accepted and record.num_shards >= 2
     assert read_datasets(catalog).num_rows == 1
+    # lineage: the version records the curation settings that chose its images
+    assert record.config["curation"]["curate"] == cfg.curate.model_dump(mode="json")
+    assert record.config["stage"]["name"] == "nette"
 
     run_dir = Path(result["run_dir"])
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 2 or lines[-1]["step"] == 3
     assert (run_dir / "loss_curves.png").stat().st_size > 0
+    # the trainer ran the training config the pipeline validated, from the file the flow wrote
+    launched = load_config(run_dir / "launch_config.yaml")
+    assert launched == cfg.pretrain.train == load_config(run_dir / "config.yaml")
+    assert launched.optim.base_lr == 0.003 and launched.train.batch_size_per_device == 8
     runs = read_runs(catalog)
     assert runs.num_rows == 1 and runs.column("status").to_pylist() == ["completed"]
     assert runs.column("dataset").to_pylist()[0].startswith("nette")
