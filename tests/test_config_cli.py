@@ -40,6 +40,10 @@ def _invoke(args: list[str]):  # type: ignore[no-untyped-def]
         (["serve", "--config", "{tmp}/typo.yaml"], "'pretrain.presett' (did you mean 'pretrain.preset'?)"),
         (["run", "--config", "{tmp}/missing.yaml"], "missing.yaml' not found"),
         (["run"], "no catalog: pass --catalog"),
+        (
+            ["bootstrap-backbone", "--workdir", "{tmp}/c", "--set", "optim.base_lrr=1"],
+            "'optim.base_lrr' (did you mean 'optim.base_lr'?)",
+        ),
     ],
 )
 def test_cli_config_mistakes_are_one_line_without_traceback(
