@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -63,7 +64,7 @@ def test_config_file_gives_catalog_and_source(tmp_path: Path, monkeypatch: pytes
     import flows.pipeline
     import flows.report
 
-    seen = {}
+    seen: dict[str, Any] = {}
     monkeypatch.setattr(flows.curate, "curate", lambda cfg: seen.setdefault("curate", cfg) and {})
     monkeypatch.setattr(flows.pipeline, "curate_and_pretrain", lambda cfg: seen.setdefault("run", cfg) and {})
     monkeypatch.setattr(flows.report, "print_summary", lambda *a, **k: None)
@@ -86,7 +87,7 @@ def test_serve_set_reaches_the_deployments_training_config(
     from flows import deploy
     from flows.config import PipelineConfig
 
-    seen = {}
+    seen: dict[str, Any] = {}
     monkeypatch.setattr(deploy, "serve", lambda *deps, **kw: seen.setdefault("deployments", deps))
     path = tmp_path / "p.yaml"
     path.write_text("catalog: /data/cat\nsource: /data/in\npretrain:\n  enabled: true\n  preset: vits14\n")

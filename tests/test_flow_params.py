@@ -22,7 +22,8 @@ def test_dict_parameters_with_a_misspelled_key_fail_before_work(
 
     params = {"catalog": str(tmp_path / "catalog"), "sorce": str(tmp_path), "dask_address": "sync"}
     with pytest.raises(ParameterTypeError, match=r"config\.sorce: unknown key \(did you mean 'source'\)"):
-        curate(config=params)  # as a deployment run with parameters edited in the UI calls it
+        # as a deployment run with parameters edited in the UI calls it
+        curate(config=params)  # type: ignore[call-overload]
     assert not (tmp_path / "catalog").exists()
 
 
