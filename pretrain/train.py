@@ -34,7 +34,7 @@ import torch
 from data_catalog.settings import ConfigError
 from pretrain import checkpoint as ckpt
 from pretrain import distributed as D
-from pretrain.config import TrainConfig, load_config, resume_conflict, save_config
+from pretrain.config import TrainConfig, config_differences, load_config, resume_conflict, save_config
 from pretrain.data import build_loader, derive_seed, open_dataset, seed_everything
 from pretrain.export import (
     LAYOUT_PATHS,
@@ -307,11 +307,10 @@ def train(config: TrainConfig, args: argparse.Namespace, info: D.DistInfo, log: 
     shards = log.shards
     found = ckpt.latest_valid(log.run_dir / "checkpoints")
     step = int(found[1]["step"]) if found else 0
-    if found and info.is_main and found[1].get("config") != config.model_dump(mode="json"):
-        print(
-            f"warning: resuming {found[0]} with a config that differs from the one it was saved with",
-            flush=True,
-        )
+    if found and info.is_main:
+        diffs = config_differences(found[1].get("config") or {}, config)
+        if diffs:  # only with --resume-anyway: resolve_config refused it otherwise
+            print(f"warning: resuming {found[0]} with other settings: {'; '.join(diffs)}", flush=True)
     log.start(step)
     limit = args.max_steps if args.max_steps is not None else phases(config)[-1][2]
     phase = None

@@ -230,4 +230,5 @@ def test_resume_anyway_continues_a_real_run_with_new_settings(imagenette_dir: Pa
     assert steps == [1, 2, 3]
     printed = [ln for ln in resumed.stdout.splitlines() if ln.startswith("DINOFLOW_METRICS ")]
     assert [json.loads(ln.split(" ", 1)[1])["step"] for ln in printed] == [3]  # resumed at step 2
+    assert "warning: resuming" in resumed.stdout and "optim.base_lr: 0.002 -> 0.004" in resumed.stdout
     assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["base_lr"] == 0.004
