@@ -18,22 +18,11 @@ from data_catalog.settings import (
     apply_overrides,
     deep_merge,
     dump_yaml,
-    load_model,
-    parse_override,
     read_yaml,
     to_yaml,
     validate,
 )
 from flows.config import PipelineConfig
-
-__all__ = [
-    "ConfigError",
-    "dump_yaml",
-    "load_model",
-    "parse_override",
-    "pipeline_config",
-    "save_pipeline_config",
-]
 
 PIPELINE_FILE = "pipeline.yaml"
 
