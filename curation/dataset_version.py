@@ -34,15 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from fsspec.core import split_protocol
 
-from curation.shards import (
-    EncodedImage,
-    ShardWriter,
-    SourceReader,
-    brace_pattern,
-    closed_size,
-    encode_image,
-    member_bytes,
-)
+from curation.shards import EncodedImage, ShardWriter, brace_pattern, closed_size, encode_image, member_bytes
 from data_catalog.catalog import Catalog
 from data_catalog.datasets import (
     DatasetRecord,
@@ -53,6 +45,8 @@ from data_catalog.datasets import (
     versions,
 )
 from data_catalog.images import Reason, accepted
+from data_catalog.shard_index import ShardEntry, ShardIndex, index_filename, write_index
+from data_catalog.uris import UriReader
 
 STALE_TEMP_S = 24 * 3600  # temp folders older than this are left-overs of killed writes
 _BASE_COLUMNS = ("image_id", "uri")
@@ -128,7 +122,7 @@ def _rows(table: pa.Table, batch: int = 4096) -> Iterator[dict[str, Any]]:
 
 
 def _encoded(
-    rows: Iterator[dict[str, Any]], reader: SourceReader, max_side: int | None, quality: int, workers: int
+    rows: Iterator[dict[str, Any]], reader: UriReader, max_side: int | None, quality: int, workers: int
 ) -> Iterator[tuple[dict[str, Any], EncodedImage | SampleError]]:
     """(row, EncodedImage or SampleError) in ``rows`` order, read and encoded by ``workers`` threads
     with at most ``8 x workers`` samples in flight (PIL and file reads release the GIL)."""
@@ -174,7 +168,7 @@ class _ShardSet:
         self.fs, self.folder, self.prefix = catalog.filesystem(), folder, prefix
         self.max_bytes, self.max_samples = max_bytes, max_samples
         self.writer: ShardWriter | None = None
-        self.shards: list[dict[str, Any]] = []
+        self.shards: list[ShardEntry] = []
 
     def add(self, key: str, files: dict[str, bytes]) -> None:
         size = sum(member_bytes(len(d)) for d in files.values())
@@ -195,7 +189,7 @@ class _ShardSet:
 
     def finish(self) -> None:
         if self.writer is not None:
-            self.shards.append({"url": posixpath.basename(self.writer.path), **self.writer.close()})
+            self.shards.append(ShardEntry(posixpath.basename(self.writer.path), **self.writer.close()))
             self.writer = None
 
 
@@ -207,7 +201,7 @@ def write_shards(
     opts: dict[str, Any],
     progress: Progress | None,
     storage_options: dict[str, Any] | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+) -> tuple[list[ShardEntry], list[dict[str, str]]]:
     """Write ``rows`` (in order) as shards in ``folder``; returns (shard entries, skipped samples).
 
     ``progress(done, total)`` is called every ``max(1, total // 1000)`` samples and after the last.
@@ -215,7 +209,7 @@ def write_shards(
     shards = _ShardSet(catalog, folder, prefix, opts["shard_max_bytes"], opts["shard_max_samples"])
     skipped: list[dict[str, Any]] = []
     total, every = rows.num_rows, max(1, rows.num_rows // 1000)
-    with SourceReader(rows.column("uri").to_pylist(), storage_options=storage_options) as reader:
+    with UriReader(rows.column("uri").to_pylist(), storage_options=storage_options) as reader:
         args = (reader, opts["reencode_max_side"], opts["jpeg_quality"], opts["workers"])
         encoded = _encoded(_rows(rows), *args)
         for done, (row, image) in enumerate(encoded, start=1):
@@ -232,13 +226,6 @@ def write_shards(
                 progress(done, total)
     shards.finish()
     return shards.shards, skipped
-
-
-def _write_json(catalog: Catalog, path: str, value: dict[str, Any]) -> None:
-    fs, tmp = catalog.filesystem(), f"{path}.part"
-    with fs.open(tmp, "wb") as f:
-        f.write(json.dumps(value, indent=1, default=str).encode())
-    fs.mv(tmp, path)
 
 
 def _publish(catalog: Catalog, tmp: str, final: str) -> None:
@@ -299,7 +286,7 @@ def _write_version(
     meta: dict[str, Any],
     progress: Progress | None,
     storage_options: dict[str, Any] | None,
-) -> dict[str, Any]:
+) -> ShardIndex:
     """Shards + index into a temp folder, then moved to ``vN``; the temp folder is removed on failure.
     Returns the index."""  # fmt: skip
     prefix, opts = f"{name}-v{version}", meta["config"]
@@ -310,13 +297,11 @@ def _write_version(
         shards, skipped = write_shards(catalog, ordered, tmp, prefix, opts, progress, storage_options)
         if not shards:
             raise ValueError(f"dataset {name!r}: every one of {ordered.num_rows} samples was skipped")
-        index = {
-            "name": name, "version": version, "num_samples": sum(s["num_samples"] for s in shards),
-            "num_shards": len(shards), "total_bytes": sum(s["bytes"] for s in shards), "shards": shards,
-            "brace_pattern": brace_pattern(prefix, len(shards)), "created_at": datetime.now(UTC).isoformat(),
-            "sample_key": "image_id", **meta, "skipped": skipped,
-        }  # fmt: skip
-        _write_json(catalog, posixpath.join(tmp, f"{prefix}.index.json"), index)
+        index = ShardIndex(
+            shards=tuple(shards), name=name, version=version, brace_pattern=brace_pattern(prefix, len(shards)),
+            created_at=datetime.now(UTC).isoformat(), sample_key="image_id", skipped=tuple(skipped), **meta,
+        )  # fmt: skip
+        write_index(fs, posixpath.join(tmp, index_filename(name, version)), index)
         _publish(catalog, tmp, posixpath.join(root, f"v{version}"))
     except BaseException:
         if fs.exists(tmp):
@@ -374,17 +359,17 @@ def create_dataset_version(
     version = next_version(catalog, name)
     meta = {
         "images_table_version": images_version,
-        "parents": parent_ids,
+        "parents": tuple(parent_ids),
         "config": opts,
         "duplicate_ids_merged": merged,
     }
     index = _write_version(catalog, name, version, ordered, meta, progress, storage_options)
     shards_uri = catalog.uri("datasets", name, f"v{version}")
     record = DatasetRecord(
-        name=name, version=version, created_at=datetime.fromisoformat(index["created_at"]),
-        num_samples=index["num_samples"], num_shards=index["num_shards"], total_bytes=index["total_bytes"],
-        shards_uri=shards_uri, shard_pattern=index["brace_pattern"],
-        index_uri=posixpath.join(shards_uri, f"{name}-v{version}.index.json"),
+        name=name, version=version, created_at=datetime.fromisoformat(str(index.created_at)),
+        num_samples=index.num_samples, num_shards=index.num_shards, total_bytes=index.total_bytes,
+        shards_uri=shards_uri, shard_pattern=str(index.brace_pattern),
+        index_uri=posixpath.join(shards_uri, index_filename(name, version)),
         config_json=json.dumps(opts, sort_keys=True, default=str), images_table_version=images_version,
         parents=parent_ids, run_id=run_id,
     )  # fmt: skip

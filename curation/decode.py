@@ -10,16 +10,15 @@ Decisions (each one is a rejection reason from ``data_catalog.images.Reason``, n
   pixel; PIL's own DecompressionBombError (> 178,956,970 px, raised while opening) too.
 - Truncated files are ``decode_error``: PIL's ``LOAD_TRUNCATED_IMAGES`` stays off (a half grey
   image is not a training image), and this module never changes PIL's globals.
-- Only the first frame of animated GIF/WebP/TIFF is used.
-- Modes: every metric needs luma only, so the thumbnail is 8-bit ``L`` (ITU-R 601-2 luma).
-  RGB/CMYK/YCbCr/1/P convert; images with alpha (RGBA, LA, PA, P with transparency) are
-  composited on WHITE first (what a viewer shows); 16-bit integer (I;16, and I above 255) scale
-  by 1/257 to 8 bit; float (F) images in 0..1 scale by 255, otherwise clip.
-- ``width``/``height`` are after EXIF orientation (5..8 swap them); the thumbnail is rotated too.
+- Pixels are THE image of ``data_catalog.image`` (the one opener every stage shares): the first
+  frame of animated GIF/WebP/TIFF, EXIF orientation applied, transparency composited on white,
+  16-bit scaled, CMYK/palette/1-bit to RGB. Every metric needs luma only, so the thumbnail is that
+  image's 8-bit ITU-R 601-2 luma ``L``.
+- ``width``/``height`` are after EXIF orientation (5..8 swap them), as the opener returns the image.
 
-Speed: one decode per file, to a thumbnail. JPEGs use DCT-domain draft decoding
-(``img.draft``: scale 1/2, 1/4 or 1/8 chosen so the short side stays >= ``thumbnail_size``); the
-decoder emits luma directly (no colour conversion); the thumbnail is then resized so its short
+Speed: one decode per file, to a thumbnail. JPEGs use the opener's DCT-domain draft decoding
+(scale 1/2, 1/4 or 1/8 chosen so the short side stays >= ``thumbnail_size``); the decoder emits
+luma directly (no colour conversion); the thumbnail is then resized so its short
 side is exactly ``thumbnail_size`` (long side capped at 8x),
 so luma and sharpness statistics are comparable across image sizes. pHash, luma and sharpness all
 come from that one thumbnail.
@@ -37,6 +36,7 @@ import numpy as np
 import scipy.fftpack
 from PIL import Image, UnidentifiedImageError
 
+from data_catalog.image import exif_orientation, load_image, normalize, oriented_size
 from data_catalog.images import Reason
 
 IMAGE_EXTENSIONS = frozenset(
@@ -56,16 +56,6 @@ IMAGE_SIGNATURES = (
     b"8BPS",  # PSD
     b"qoif",
 )
-_ORIENTATION_TAG = 0x0112
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _MAX_THUMB_ASPECT = 8
 
 
@@ -155,46 +145,20 @@ def _open(data: bytes, uri: str) -> Image.Image:
         raise DecodeFailure(Reason.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
 
 
-def _orientation(img: Image.Image) -> int:
-    try:
-        value = int(img.getexif().get(_ORIENTATION_TAG, 1))
-    except Exception:  # a broken EXIF block is not worth rejecting the image for
-        return 1
-    return value if value in _TRANSPOSE else 1
-
-
-def to_gray(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit luma ``L`` (ITU-R 601); alpha composited on white, deep images scaled."""
-    mode = img.mode
-    if mode == "L":
-        return img
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode == "F":
-            arr = arr * 255 if arr.max(initial=0) <= 1.0 else arr
-        elif mode != "I" or arr.max(initial=0) > 255:
-            arr = arr / 257  # 16-bit range -> 8-bit range
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("L")
-    return img.convert("L") if mode in ("RGB", "1", "P") else img.convert("RGB").convert("L")
-
-
-def make_thumbnail(img: Image.Image, size: int, orientation: int = 1) -> Image.Image:
+def make_thumbnail(img: Image.Image, size: int) -> Image.Image:
     """Grayscale (``L``) thumbnail, short side == ``size`` (up- or down-scaled), long side <= 8 * size.
 
+    ``img``: any mode (normalised as the opener does; not oriented here: pass the opener's image).
     Grayscale because every metric (luma, sharpness, pHash) is a function of luma only.
     """
-    gray = to_gray(img)
+    gray = normalize(img, "L")
     w, h = gray.size
     scale = size / min(w, h)
     tw = min(max(1, round(w * scale)), _MAX_THUMB_ASPECT * size)
     th = min(max(1, round(h * scale)), _MAX_THUMB_ASPECT * size)
     if (tw, th) != (w, h):
         gray = gray.resize((tw, th), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return gray.transpose(_TRANSPOSE[orientation]) if orientation != 1 else gray
+    return gray
 
 
 def _mean_std(x: np.ndarray) -> tuple[float, float]:
@@ -224,15 +188,13 @@ def luma_stats(thumb: Image.Image) -> tuple[float, float, float]:
     return mean, std, _mean_std(lap)[1] ** 2
 
 
-def _decode_pixels(img: Image.Image, thumbnail_size: int, orientation: int, draft: bool) -> Image.Image:
+def _decode_pixels(img: Image.Image, thumbnail_size: int, draft: bool) -> Image.Image:
     try:
-        if draft and img.format == "JPEG":
-            # DCT-domain downscale, and luma straight from the decoder (no colour conversion)
-            img.draft("L" if img.mode in ("RGB", "L") else img.mode, (thumbnail_size, thumbnail_size))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img.load()
-        return make_thumbnail(img, thumbnail_size, orientation)
+            # THE image's luma; for RGB/L JPEGs a DCT-domain downscale with luma from the decoder
+            gray = load_image(img, "L", (thumbnail_size, thumbnail_size) if draft else None)
+        return make_thumbnail(gray, thumbnail_size)
     except Image.DecompressionBombError as exc:
         raise DecodeFailure(Reason.TOO_MANY_PIXELS, str(exc)) from exc
     except Exception as exc:  # truncated, corrupt stream, bad palette, ...
@@ -260,12 +222,13 @@ def decode_record(
         img = _open(data, uri)
         with img:
             record.format, record.mode = img.format, img.mode
-            orientation = _orientation(img)
             w, h = img.size
-            record.width, record.height = (h, w) if orientation >= 5 else (w, h)
+            record.width, record.height = oriented_size(img)  # from the header: no pixel decoded yet
             if w * h > max_pixels:
                 raise DecodeFailure(Reason.TOO_MANY_PIXELS, f"{w}x{h} = {w * h} px > max_pixels {max_pixels}")
-            thumb = _decode_pixels(img, thumbnail_size, orientation, draft)
+            thumb = _decode_pixels(img, thumbnail_size, draft)
+            # asked again: a PNG's late eXIf chunk is read while decoding (img.size is the draft's now)
+            record.width, record.height = (h, w) if exif_orientation(img) >= 5 else (w, h)
         record.phash = compute_phash(thumb)
         record.mean_luma, record.luma_std, record.sharpness = luma_stats(thumb)
     except DecodeFailure as failure:

@@ -11,6 +11,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+from data_catalog.image import open_image
 
 
 def knn_predict(
@@ -100,6 +103,13 @@ def eval_transform(resize: int, crop: int):  # type: ignore[no-untyped-def]
     )
 
 
+def open_image_file(path: str) -> Image.Image:
+    """THE image of a file (``data_catalog.image.open_image``: upright RGB, transparency on white),
+    as curation measured it and training saw it; ImageFolder's own loader applies neither."""
+    with open(path, "rb") as f:
+        return open_image(f.read())
+
+
 def image_folder_loader(
     root: str,
     resize: int,
@@ -108,10 +118,11 @@ def image_folder_loader(
     limit_per_class: int | None = None,
     num_workers: int = 0,
 ):  # type: ignore[no-untyped-def]
-    """Batches of an ImageFolder tree (``root/<class>/<image>``), optionally the first N per class."""
+    """Batches of an ImageFolder tree (``root/<class>/<image>``), optionally the first N per class;
+    images opened by ``open_image_file``."""
     from torchvision.datasets import ImageFolder
 
-    dataset = ImageFolder(root, transform=eval_transform(resize, crop))
+    dataset = ImageFolder(root, transform=eval_transform(resize, crop), loader=open_image_file)
     if limit_per_class is not None:
         targets = np.asarray(dataset.targets)
         keep = np.concatenate(

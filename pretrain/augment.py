@@ -36,6 +36,8 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from data_catalog.image import normalize
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL and torchvision
@@ -51,9 +53,11 @@ def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None) ->
 
 
 def to_uint8_chw(img: Image.Image | Tensor) -> Tensor:
-    """PIL image (any mode) or uint8 tensor [C, H, W] (C 1 or 3) -> uint8 [3, H, W]."""
+    """PIL image (any mode: normalised as ``data_catalog.image.normalize`` does, so transparency is
+    white as in every stage; orientation is the opener's job) or uint8 tensor [C, H, W] (C 1 or 3)
+    -> uint8 [3, H, W]."""
     if isinstance(img, Image.Image):
-        arr = np.array(img.convert("RGB"))  # a writable copy, [H, W, 3]
+        arr = np.array(normalize(img))  # a writable copy, [H, W, 3]
         return torch.from_numpy(arr).permute(2, 0, 1)  # channels-last strides: fast uint8 resize
     if not torch.is_tensor(img) or img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] not in (1, 3):
         desc = f"{img.dtype} tensor {tuple(img.shape)}" if torch.is_tensor(img) else type(img).__name__

@@ -23,18 +23,17 @@ Changing ``W`` or the world size on resume changes the order from then on (still
 
 from __future__ import annotations
 
-import io
-import json
-import posixpath
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_catalog.image import open_image
+from data_catalog.shard_index import ShardEntry, read_index
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif")
 PHASE_IDS = {"main": 0, "highres": 1}
@@ -53,33 +52,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-@dataclass(frozen=True)
-class Shard:
-    url: str
-    num_samples: int
-
-
-def read_index(index_uri: str, shards_base: str | None = None) -> list[Shard]:
-    """The shards of a dataset version from its index JSON (``{"shards": [{"url", "num_samples"}]}``).
-
-    Relative shard URLs are resolved against ``shards_base`` (default: the index's folder).
-    """
-    import fsspec
-
-    with fsspec.open(index_uri, "rt") as f:
-        index = json.load(f)
-    base = shards_base or posixpath.dirname(index_uri)
-    shards = []
-    for entry in index.get("shards", []):
-        url = entry["url"]
-        if "://" not in url and not url.startswith("/"):
-            url = posixpath.join(base, url)
-        shards.append(Shard(url, int(entry.get("num_samples", 0))))
-    if not shards:
-        raise ValueError(f"dataset index {index_uri} lists no shards")
-    return shards
-
-
 def _open_shards(urls: Iterator[str]) -> Iterator[dict[str, Any]]:
     """``{"url", "stream"}`` per shard for webdataset's tar expander; each stream closed after use."""
     import fsspec
@@ -90,7 +62,7 @@ def _open_shards(urls: Iterator[str]) -> Iterator[dict[str, Any]]:
 
 
 def raw_sample_stream(
-    shards: list[Shard], seed: int, stream_id: int, n_streams: int, bufsize: int
+    shards: list[ShardEntry], seed: int, stream_id: int, n_streams: int, bufsize: int
 ) -> Iterator[dict]:
     """An infinite, shuffled stream of undecoded samples (``{"__key__", "jpg", "json", ...}``)."""
     from webdataset.filters import _shuffle
@@ -110,11 +82,18 @@ def raw_sample_stream(
 
 
 def decode_image(sample: dict[str, Any]) -> Image.Image:
-    """The RGB image of a raw sample; a clear error naming the sample when there is none."""
+    """THE image of a raw sample (``data_catalog.image.open_image``: upright RGB, transparency on
+    white), so shards written before normalisation existed train on the same pixels; a clear error
+    naming the sample when it holds no image or one that cannot be decoded."""
     for key in IMAGE_KEYS:
         if key in sample:
-            with Image.open(io.BytesIO(sample[key])) as img:
-                return img.convert("RGB")
+            try:
+                return open_image(sample[key])
+            except Exception as err:
+                raise ValueError(
+                    f"sample {sample.get('__key__')!r} of {sample.get('__url__')!r}: cannot decode its "
+                    f"{key!r} image ({type(err).__name__}: {err})"
+                ) from err
     raise ValueError(
         f"sample {sample.get('__key__')!r} of {sample.get('__url__')!r} holds no image "
         f"(keys {sorted(k for k in sample if not k.startswith('__'))}; expected one of {IMAGE_KEYS})"
@@ -131,7 +110,7 @@ class StepBatches(IterableDataset):
 
     def __init__(
         self,
-        shards: list[Shard],
+        shards: list[ShardEntry],
         *,
         seed: int,
         phase: str,
@@ -206,12 +185,13 @@ def make_loader(dataset: StepBatches, num_workers: int, pin_memory: bool = False
     )
 
 
-def open_dataset(catalog: str | None, dataset: str) -> tuple[list[Shard], dict[str, Any]]:
-    """The shards of ``dataset`` (``NAME[:VERSION]`` in ``catalog``, or an index JSON path) and its identity."""
+def open_dataset(catalog: str | None, dataset: str) -> tuple[list[ShardEntry], dict[str, Any]]:
+    """The shards of ``dataset`` (``NAME[:VERSION]`` in ``catalog``, or an index JSON path), with
+    absolute urls, and its identity."""
     if dataset.endswith(".json"):
-        index = json.loads(_read_text(dataset))
-        meta = {"name": index.get("name", dataset), "version": index.get("version"), "index_uri": dataset}
-        return read_index(dataset), meta
+        index = read_index(dataset)
+        meta = {"name": index.name or dataset, "version": index.version, "index_uri": dataset}
+        return index.absolute_shards(), meta
     if catalog is None:
         raise ValueError(
             f"--dataset {dataset!r} names a catalog dataset: pass --catalog (or an index .json path)"
@@ -222,14 +202,7 @@ def open_dataset(catalog: str | None, dataset: str) -> tuple[list[Shard], dict[s
     name, version = parse_dataset_ref(dataset)
     record = get_dataset(Catalog(catalog), name, version)
     meta = {"name": record.name, "version": record.version, "index_uri": record.index_uri}
-    return read_index(record.index_uri, record.shards_uri), meta
-
-
-def _read_text(uri: str) -> str:
-    import fsspec
-
-    with fsspec.open(uri, "rt") as f:
-        return f.read()
+    return read_index(record.index_uri).absolute_shards(record.shards_uri), meta
 
 
 def phase_crops(config: Any, phase: str) -> tuple[int, int, int]:
@@ -278,7 +251,7 @@ def build_transform_and_collate(config: Any, phase: str) -> tuple[Callable, Call
 def build_loader(
     config: Any,
     phase: str,
-    shards: list[Shard],
+    shards: list[ShardEntry],
     rank: int,
     world_size: int,
     start_step: int,

@@ -16,7 +16,7 @@ import webdataset as wds
 from typer.testing import CliRunner
 
 from curation.dataset_version import clean_stale_temp, create_dataset_version
-from curation.shards import read_index, shard_urls, verify_dataset
+from curation.shards import shard_urls, verify_dataset
 from data_catalog.catalog import Catalog
 from data_catalog.datasets import (
     TABLE,
@@ -29,6 +29,7 @@ from data_catalog.datasets import (
 from data_catalog.export import export_table
 from data_catalog.images import IMAGES_SCHEMA, accepted, upsert_images
 from data_catalog.runs import get_run, read_runs, register_run
+from data_catalog.shard_index import read_index
 
 
 def ingest(catalog: Catalog, files: list[Path], run_id: str) -> int:
@@ -150,7 +151,7 @@ def test_unreadable_samples_raise_or_are_listed(catalog: Catalog, tmp_path: Path
         create_dataset_version(catalog, "picked", selection=selection)
     assert read_datasets(catalog).num_rows == 0
     record = create_dataset_version(catalog, "picked", selection=selection, errors="skip")
-    skipped = read_index(record.index_uri)["skipped"]
+    skipped = read_index(record.index_uri).skipped
     assert record.num_samples == 5 and len(keys(record)) == 5
     reasons = {s["image_id"]: (s["reason"], s["detail"]) for s in skipped}
     assert reasons["f" * 64][0] == "read_error" and "gone.jpg" in reasons["f" * 64][1]

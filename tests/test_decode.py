@@ -17,6 +17,7 @@ from curation.decode import compute_phash, decode_record, luma_stats, make_thumb
 from curation.filters import apply_filters
 from curation.ingest import process_partition
 from curation.sources import list_source
+from data_catalog.image import open_image
 from data_catalog.images import Reason
 
 MAX_PX = CurateConfig().ingest.max_pixels
@@ -163,7 +164,7 @@ def test_exif_orientation_swaps_width_height(tmp_path: Path) -> None:
     path.write_bytes(_encode(img, "JPEG", exif=exif.tobytes()))
     rec = _decode(path)
     assert (rec.width, rec.height) == (150, 300)
-    thumb = make_thumbnail(Image.open(path), 64, orientation=6)
+    thumb = make_thumbnail(open_image(path.read_bytes()), 64)
     assert thumb.size[0] < thumb.size[1]
 
 

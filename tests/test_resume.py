@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch import nn
 
+from data_catalog.shard_index import read_index
 from pretrain import checkpoint as ckpt
-from pretrain.data import StepBatches, make_loader, read_index
+from pretrain.data import StepBatches, make_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def small_index(imagenette_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 def _keys(index: Path, start: int, end: int, workers: int, rank: int = 0, world: int = 1) -> list[list[str]]:
     ds = StepBatches(
-        read_index(str(index)),
+        read_index(str(index)).absolute_shards(),
         seed=3,
         phase="main",
         rank=rank,

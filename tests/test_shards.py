@@ -16,17 +16,12 @@ import webdataset as wds
 from PIL import Image, ImageOps
 
 from curation.dataset_version import create_dataset_version, order_selection
-from curation.shards import (
-    FORMAT_EXT,
-    SourceReader,
-    encode_image,
-    read_index,
-    shard_urls,
-    split_tar_member,
-    verify_dataset,
-)
+from curation.shards import encode_image, shard_urls, verify_dataset
 from data_catalog.catalog import Catalog
+from data_catalog.image import open_image
 from data_catalog.images import IMAGES_SCHEMA, upsert_images
+from data_catalog.shard_index import read_index
+from data_catalog.uris import UriReader, split_tar_uri
 
 
 def image_row(uri: str, data: bytes, status: str = "accepted") -> dict:
@@ -78,7 +73,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, imagenette_dir: Path, raw_ph
 
 
 def _source_bytes(uri: str) -> bytes:
-    with SourceReader([uri]) as reader:
+    with UriReader([uri]) as reader:
         return reader.read(uri)
 
 
@@ -100,23 +95,21 @@ def test_shards_hold_exactly_the_accepted_images(built) -> None:
 def test_shard_sizes_index_and_verify(built) -> None:
     catalog, _, record = built
     index = read_index(record.index_uri)
-    assert record.num_shards == len(index["shards"]) > 2  # the 400 kB target forced several shards
+    assert record.num_shards == len(index.shards) > 2  # the 400 kB target forced several shards
     assert (
-        index["brace_pattern"]
-        == record.shard_pattern
-        == f"full-v1-{{000000..{record.num_shards - 1:06d}}}.tar"
+        index.brace_pattern == record.shard_pattern == f"full-v1-{{000000..{record.num_shards - 1:06d}}}.tar"
     )
-    assert [s["url"] for s in index["shards"]] == [f"full-v1-{i:06d}.tar" for i in range(record.num_shards)]
+    assert [s.url for s in index.shards] == [f"full-v1-{i:06d}.tar" for i in range(record.num_shards)]
     assert list(wds.shardlists.expand_urls(f"{record.shards_uri}/{record.shard_pattern}")) == shard_urls(
         record
     )
-    for entry, url in zip(index["shards"], shard_urls(record), strict=True):
+    for entry, url in zip(index.shards, shard_urls(record), strict=True):
         data = Path(url).read_bytes()
-        assert len(data) == entry["bytes"] <= 400_000
-        assert hashlib.md5(data).hexdigest() == entry["md5"]
-        assert len(samples([url])) == entry["num_samples"]
-    assert sum(s["bytes"] for s in index["shards"]) == record.total_bytes
-    assert (index["name"], index["version"], index["num_samples"]) == ("full", 1, 60)
+        assert entry.bytes is not None and len(data) == entry.bytes <= 400_000
+        assert hashlib.md5(data).hexdigest() == entry.md5
+        assert len(samples([url])) == entry.num_samples
+    assert index.total_bytes == record.total_bytes
+    assert (index.name, index.version, index.num_samples) == ("full", 1, 60)
     assert verify_dataset(catalog, "full", 1)["ok"]
 
 
@@ -138,8 +131,8 @@ def test_same_inputs_same_shards_and_seeded_samples(built) -> None:
     b = create_dataset_version(catalog, "sample", max_samples=20, seed=1, shard_max_samples=6)
     c = create_dataset_version(catalog, "sample", max_samples=20, seed=2, shard_max_samples=6)
     ia, ib = read_index(a.index_uri), read_index(b.index_uri)
-    assert [s["md5"] for s in ia["shards"]] == [s["md5"] for s in ib["shards"]]  # byte-identical shards
-    assert [s["num_samples"] for s in ia["shards"]] == [6, 6, 6, 2]
+    assert [s.md5 for s in ia.shards] == [s.md5 for s in ib.shards]  # byte-identical shards
+    assert [s.num_samples for s in ia.shards] == [6, 6, 6, 2]
     keys_a = [s["__key__"] for s in samples(shard_urls(a))]
     keys_c = [s["__key__"] for s in samples(shard_urls(c))]
     assert len(set(keys_a)) == 20 and set(keys_a) <= set(sources)
@@ -174,7 +167,7 @@ def test_selection_extra_columns_and_duplicate_ids(built) -> None:
     assert sorted(got) == ids
     for i, image_id in enumerate(ids):
         assert got[image_id]["cluster_id"] == i  # the lowest uri of a duplicated id is the one kept
-    assert read_index(record.index_uri)["duplicate_ids_merged"] == 2
+    assert read_index(record.index_uri).duplicate_ids_merged == 2
 
 
 def _rotated_jpeg(photo: Path) -> bytes:
@@ -209,8 +202,9 @@ def test_reencode_max_side_orientation_and_modes(tmp_path: Path, raw_photos: Pat
     for name in variants:
         s = by_uri[str(tmp_path / name)]
         meta = json.loads(s["json"])
-        with Image.open(io.BytesIO(s["jpg"])) as img:
-            assert img.format == "JPEG" and img.mode == "RGB"
+        ext = "jpg" if name.endswith(".jpg") else "png"  # JPEG sources stay JPEG, PNG ones PNG (lossless)
+        with Image.open(io.BytesIO(s[ext])) as img:
+            assert img.format == ("JPEG" if ext == "jpg" else "PNG") and img.mode == "RGB"
             assert max(img.size) == 64 and img.size == (meta["width"], meta["height"])
         assert meta["reencoded"] is True
     w, h = rgb.size
@@ -242,49 +236,60 @@ def test_encode_image_rescales_16_bit_and_flattens_alpha() -> None:
     buf = io.BytesIO()
     Image.fromarray(ramp).save(buf, "PNG")  # a 16-bit greyscale ramp 0..65535
     out = encode_image(buf.getvalue())
-    assert out.reencoded and out.ext == "jpg"
+    assert out.reencoded and out.ext == "png"
     with Image.open(io.BytesIO(out.data)) as img:
-        arr = np.asarray(img.convert("L"), dtype=float)
-    assert abs(arr.mean() - 127.5) < 3  # rescaled, not clipped to white
-    transparent = Image.new("RGBA", (20, 10), (0, 0, 0, 0))
+        assert img.mode == "RGB"
+        arr = np.asarray(img, dtype=int)
+    assert (arr[0, :, 0] == np.arange(256)).all()  # rescaled exactly (lossless), not clipped to white
+    transparent = Image.new("RGBA", (20, 10), (0, 255, 0, 0))  # green hidden under alpha 0
     buf = io.BytesIO()
     transparent.save(buf, "PNG")
-    kept = encode_image(buf.getvalue())
-    assert not kept.reencoded and kept.ext == "png"  # small 8-bit PNG: original bytes
-    flat = encode_image(buf.getvalue(), reencode_max_side=5)
-    with Image.open(io.BytesIO(flat.data)) as img:
-        assert img.mode == "RGB" and np.asarray(img).min() > 240  # transparent -> white
+    for flat in (encode_image(buf.getvalue()), encode_image(buf.getvalue(), reencode_max_side=5)):
+        assert flat.reencoded and flat.ext == "png"
+        with Image.open(io.BytesIO(flat.data)) as img:
+            assert img.mode == "RGB" and np.asarray(img).min() == 255  # transparent -> white, not green
 
 
-def test_original_formats_keep_bytes_and_extension(imagededup_testdata: Path) -> None:
-    wanted = {".bmp": "bmp", ".gif": "gif", ".tiff": "tif", ".webp": "webp", ".png": "png", ".pgm": "ppm"}
-    seen = set()
+def test_formats_kept_only_where_plain_pil_gives_the_image(imagededup_testdata: Path) -> None:
+    """Real files of many formats: bytes are kept only for RGB/L JPEG and PNG without alpha and
+    with no EXIF rotation; whatever is stored, ``PIL.Image.open(...).convert("RGB")`` of it (what
+    webdataset's ``decode("pil")`` does) is the opener's image of the source, at the same size."""
+    seen: dict[str, set[bool]] = {}
     for path in sorted(imagededup_testdata.rglob("*")):
-        ext = wanted.get(path.suffix.lower())
-        if ext is None or "corrupt" in path.name:
+        if not path.is_file() or "corrupt" in path.name or path.name == "LICENSE" or path.suffix == ".svg":
             continue
         data = path.read_bytes()
-        try:
-            out = encode_image(data)
-        except OSError:
-            continue  # files under a wrong extension are the ingest stage's business
-        if out.source_format and not out.reencoded:
-            assert out.data == data and out.ext == FORMAT_EXT[out.source_format]
-            seen.add(out.ext)
-    assert {"gif", "png", "webp", "tif", "ppm"} <= seen, seen  # (the .bmp there is a JPEG in disguise)
+        out = encode_image(data)
+        with Image.open(io.BytesIO(data)) as src:
+            fmt, mode, rotated = src.format, src.mode, src.getexif().get(0x0112, 1) not in (0, 1)
+        plain = fmt in ("JPEG", "PNG") and mode in ("RGB", "L") and not rotated
+        assert out.reencoded is not plain, (path.name, fmt, mode, rotated)
+        assert out.ext == ("jpg" if fmt == "JPEG" else "png")
+        assert (out.data == data) is plain
+        with Image.open(io.BytesIO(out.data)) as img:
+            stored = np.asarray(img.convert("RGB"), dtype=float)
+        want = np.asarray(open_image(data), dtype=float)
+        assert stored.shape == want.shape == (out.height, out.width, 3), path.name
+        assert np.abs(stored - want).mean() < (1.5 if out.ext == "jpg" and out.reencoded else 1e-9), path.name
+        seen.setdefault(fmt or "", set()).add(out.reencoded)
+    # re-encoded: the RGBA png, the GIF (palette), WEBP, TIFF, PPM/PGM/PBM, EXIF-rotated JPEGs
+    assert seen["JPEG"] == {True, False} and seen["PNG"] == {True}
+    assert {"GIF", "WEBP", "TIFF", "PPM"} <= set(seen) and all(
+        seen[f] == {True} for f in ("GIF", "WEBP", "TIFF")
+    )
 
 
 def test_tar_member_uris(tmp_path: Path, imagenette_dir: Path) -> None:
-    assert split_tar_member("/a/b.tar#x/y.jpg") == ("/a/b.tar", "x/y.jpg")
-    assert split_tar_member("s3://bk/p#1/s.tar.gz#m#1.jpg") == ("s3://bk/p#1/s.tar.gz", "m#1.jpg")
-    assert split_tar_member("/a/photo#1.jpg") is None
+    assert split_tar_uri("/a/b.tar#x/y.jpg") == ("/a/b.tar", "x/y.jpg")
+    assert split_tar_uri("s3://bk/p#1/s.tar.gz#m#1.jpg") == ("s3://bk/p#1/s.tar.gz", "m#1.jpg")
+    assert split_tar_uri("/a/photo#1.jpg") is None
     files = sorted(imagenette_dir.rglob("*.JPEG"))[:3]
     for mode, name in (("w", "plain.tar"), ("w:gz", "packed.tar.gz")):
         with tarfile.open(tmp_path / name, mode) as tar:
             for p in files:
                 tar.add(p, arcname=f"d/{p.name}")
     uris = [f"{tmp_path / name}#d/{p.name}" for name in ("plain.tar", "packed.tar.gz") for p in files]
-    with SourceReader(uris) as reader:
+    with UriReader(uris) as reader:
         for uri in reversed(uris):
             assert (
                 reader.read(uri) == Path(imagenette_dir.rglob(uri.rsplit("/", 1)[1]).__next__()).read_bytes()
@@ -293,7 +298,7 @@ def test_tar_member_uris(tmp_path: Path, imagenette_dir: Path) -> None:
         with pytest.raises(FileNotFoundError, match="not found in tar"):
             reader.read(f"{tmp_path / 'plain.tar'}#d/missing.jpg")
     plain = [u for u in uris if ".tar#" in u]
-    with SourceReader(plain, max_open=1) as reader:  # eviction: a closed source reopens on demand
+    with UriReader(plain, max_open=1) as reader:  # eviction: a closed source reopens on demand
         source = reader._tar(str(tmp_path / "plain.tar"))
         assert source.read(f"d/{files[1].name}") == files[1].read_bytes() and source.file is not None
         reader._tar(str(tmp_path / "packed.tar.gz"))
