@@ -125,6 +125,15 @@ def test_verify_detects_a_corrupt_shard(built, tmp_path: Path) -> None:
     assert not report["ok"] and "md5" in report["problems"][0]
 
 
+def test_verify_reports_a_broken_index(built) -> None:
+    catalog, _, _ = built
+    record = create_dataset_version(catalog, "badindex", max_samples=2)
+    Path(record.index_uri).chmod(0o644)
+    Path(record.index_uri).write_text('{"shards": [')  # cut short
+    report = verify_dataset(catalog, "badindex")
+    assert not report["ok"] and "unreadable index" in report["problems"][0]
+
+
 def test_same_inputs_same_shards_and_seeded_samples(built) -> None:
     catalog, sources, _ = built
     a = create_dataset_version(catalog, "sample", max_samples=20, seed=1, shard_max_samples=6)
