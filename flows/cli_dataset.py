@@ -33,7 +33,11 @@ def create(
         int | None, typer.Option("--shard-max-samples", help="At most N samples per shard.")
     ] = None,
     reencode_max_side: Annotated[
-        int | None, typer.Option("--reencode-max-side", help="Re-encode images with a longer side as JPEG.")
+        int | None,
+        typer.Option(
+            "--reencode-max-side",
+            help="Re-encode images with a longer side above this, to it (JPEG sources as JPEG, others as PNG).",
+        ),
     ] = None,
     jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", help="Quality of re-encoded JPEGs.")] = 90,
     parents: Annotated[

@@ -29,7 +29,9 @@ class DatasetStageConfig(StrictModel):
     seed: int = Field(0, description="Seed of the uniform sample and of the shard order.")
     shard_max_bytes: int = Field(1_000_000_000, description="Target size of one tar shard, in bytes.")
     reencode_max_side: int | None = Field(
-        None, description="Re-encode images larger than this side as JPEG (None: keep the original bytes)."
+        None,
+        description="Re-encode images with a longer side above this, to it (JPEG sources as JPEG, others as "
+        "PNG); None: no size cap (files that are not upright RGB/L JPEG or PNG are still re-encoded).",
     )
 
 
