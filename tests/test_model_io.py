@@ -183,7 +183,7 @@ def test_strict_loading_names_missing_unexpected_and_mismatched(tmp_path: Path) 
         load_backbone(tmp_path / "odd.pth")
     assert load_backbone(tmp_path / "odd.pth", num_heads=2).blocks[0].attn.num_heads == 2
     torch.save({"foo": torch.zeros(1)}, tmp_path / "junk.pth")
-    with pytest.raises(CheckpointError, match="not a known backbone layout"):
+    with pytest.raises(CheckpointError, match="expected a backbone checkpoint; found a torch state dict"):
         detect_layout(tmp_path / "junk.pth")
 
 

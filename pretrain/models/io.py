@@ -1,16 +1,19 @@
 """Backbone checkpoints in three layouts, loaded strictly, converted both ways.
 
-Layouts (``detect_layout`` tells them apart by content, not by file name):
+Layouts (``detect_layout`` tells them apart by content, never by file name: ``io_files.locate``
+says whether a path holds safetensors, a torch file or an HF directory, and resolves a directory
+holding one checkpoint, such as ``assets/bootstrap-backbone/``, to that file):
 
-- ``dinoflow``: one ``.safetensors`` file; its metadata holds ``format = "dinoflow.backbone"`` and
+- ``dinoflow``: a safetensors file whose metadata holds ``format = "dinoflow.backbone"`` and
   ``arch`` = the JSON constructor arguments of :class:`DinoVisionTransformer` (so the file alone
-  rebuilds the model, interpolation mode included). A torch ``.pt`` dict ``{"arch": {...},
-  "state_dict": {...}}`` is read too.
+  rebuilds the model, interpolation mode included); or a torch dict ``{"arch": {...},
+  "state_dict": {...}}``, which is what we write when the destination ends in ``.pt``/``.pth``/``.bin``.
 - ``official``: a bare state dict as released by facebookresearch/dinov2
   (``dinov2_vits14_pretrain.pth``, ``..._reg4_pretrain.pth``); the architecture is inferred from the
   tensor shapes, chunked blocks (``blocks.0.3.``) are flattened, and a ``{"teacher": ...}`` training
   checkpoint is unwrapped (``backbone.`` prefix stripped). Original models get the scale-factor
   position resize (offset 0.1), register models the exact-size antialiased one, as in the official hub.
+  Written with ``torch.save``, or as a bare safetensors file when the destination ends in ``.safetensors``.
 - ``hf``: a directory with ``config.json`` and ``model.safetensors`` (or a sharded index) of
   ``transformers.Dinov2Model`` / ``Dinov2WithRegistersModel``. We write the hub's tensor names
   (``attention.attention.query``, ``mlp.weights_in``) that transformers 4 and 5 both load, and read
@@ -21,7 +24,8 @@ Layouts (``detect_layout`` tells them apart by content, not by file name):
   mode in ``config.json["dinoflow"]`` and gets it back.
 
 Loading is strict: missing or unexpected tensors and shape mismatches raise ``CheckpointError``
-naming them. Writes go to a temporary name and are renamed into place.
+naming them; so does a path that holds no backbone (one line: what was expected, what was found).
+Writes go to a temporary name and are renamed into place.
 """
 
 from __future__ import annotations
@@ -38,18 +42,27 @@ import torch
 from torch import Tensor, nn
 
 from pretrain.models import ARCHS, arch_name
+from pretrain.models.io_files import (
+    TRAINING_CHECKPOINT,
+    CheckpointError,
+    load_torch,
+    locate,
+    read_safetensors,
+    safetensors_header,
+)
 from pretrain.models.io_hf import from_hf, hf_config, read_hf_state, to_hf
 from pretrain.models.layers import swiglu_hidden
 from pretrain.models.vit import DinoVisionTransformer, interpolate_patch_pos
+
+__all__ = ["CheckpointError", "convert", "describe", "detect_layout", "load_backbone", "read_checkpoint",
+           "resize_pos_embed", "save_backbone"]  # fmt: skip
 
 LAYOUTS = ("dinoflow", "official", "hf")
 FORMAT = "dinoflow.backbone"
 # heads by width for the standard sizes; the official layout does not record the head count
 HEADS_BY_DIM = {spec["embed_dim"]: spec["num_heads"] for spec in ARCHS.values()}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the model it should load into."""
+# destinations with these suffixes get torch.save's format; any other name, the layout's default
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 # ---------------------------------------------------------------- reading and writing files
@@ -68,28 +81,20 @@ def _save_safetensors(state: dict[str, Tensor], path: Path, metadata: dict[str, 
     os.replace(tmp, path)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+def _not_a_backbone(path: Path, found: str) -> CheckpointError:
+    return CheckpointError(f"{path}: expected a backbone checkpoint; found {found}")
 
 
-def _torch_load(path: Path) -> Any:
-    try:  # memory-mapped: describe/detect read shapes without loading every tensor
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # files in the legacy (pre-zip) torch format cannot be mapped
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _unwrap_official(obj: Any) -> dict[str, Tensor]:
+def _unwrap_official(obj: Any, path: Path) -> dict[str, Tensor]:
     """A bare state dict from a file's content: ``{"teacher": {"backbone.x": ...}}`` and
     ``{"model"|"state_dict": ...}`` are unwrapped, ``backbone.``/``module.`` prefixes removed."""
     for key in ("teacher", "model", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"expected a state dict, found {type(obj).__name__}")
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise _not_a_backbone(
+            path, f"a torch file holding a {type(obj).__name__}, not a state dict of tensors"
+        )
     if any(k.startswith("backbone.") for k in obj):
         obj = {k[len("backbone.") :]: v for k, v in obj.items() if k.startswith("backbone.")}
     return {k.removeprefix("module."): v for k, v in obj.items()}
@@ -101,32 +106,44 @@ def unchunk(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in state.items()}
 
 
-def detect_layout(path: str | Path) -> str:
-    """``"dinoflow"``, ``"official"`` or ``"hf"`` for a checkpoint file or directory (by content)."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / "config.json").exists():
-            return "hf"
-        raise CheckpointError(f"{path} is a directory without config.json (not an HF model directory)")
-    if not path.exists():
-        raise FileNotFoundError(path)
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+def _safetensors_layout(path: Path, keys: list[str], meta: dict[str, str]) -> str:
+    if meta.get("format") == FORMAT:
+        return "dinoflow"
+    if "cls_token" in keys or any(k.startswith("blocks.") for k in keys):
+        return "official"
+    if any(k.startswith(("embeddings.", "encoder.layer.", "dinov2.")) for k in keys):
+        raise _not_a_backbone(
+            path,
+            "the weights of a Hugging Face model without its config.json (pass the directory holding both)",
+        )
+    shown = ", ".join(repr(k) for k in sorted(keys)[:3]) or "none"
+    raise _not_a_backbone(
+        path, f"a safetensors file of {len(keys)} tensor(s) without cls_token or blocks.* ({shown})"
+    )
 
-        with safe_open(str(path), framework="pt") as f:
-            keys, meta = list(f.keys()), dict(f.metadata() or {})
-        if meta.get("format") == FORMAT:
-            return "dinoflow"
-        if "cls_token" in keys or any(k.startswith("blocks.") for k in keys):
-            return "official"
-        raise CheckpointError(f"{path}: safetensors file of neither dinoflow nor official layout")
-    obj: Any = _torch_load(path)
+
+def _torch_layout(path: Path, obj: Any) -> str:
     if isinstance(obj, dict) and "arch" in obj and "state_dict" in obj:
         return "dinoflow"
-    state = _unwrap_official(obj)
+    state = _unwrap_official(obj, path)
     if "cls_token" in state and "pos_embed" in state:
         return "official"
-    raise CheckpointError(f"{path}: no cls_token/pos_embed found; not a known backbone layout")
+    if any(k.startswith("teacher.backbone.") for k in state):
+        raise _not_a_backbone(path, TRAINING_CHECKPOINT)
+    shown = ", ".join(repr(k) for k in sorted(state)[:3]) or "none"
+    raise _not_a_backbone(
+        path, f"a torch state dict of {len(state)} tensor(s) without cls_token/pos_embed ({shown})"
+    )
+
+
+def detect_layout(path: str | Path) -> str:
+    """``"dinoflow"``, ``"official"`` or ``"hf"`` for a checkpoint file or directory (by content)."""
+    kind, file = locate(path)
+    if kind == "hf":
+        return "hf"
+    if kind == "safetensors":
+        return _safetensors_layout(file, *safetensors_header(file))
+    return _torch_layout(file, load_torch(file))
 
 
 # ---------------------------------------------------------------- architecture from shapes
@@ -192,32 +209,53 @@ def load_state_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
 # ---------------------------------------------------------------- public API
 
 
+def _read(path: str | Path, layout: str | None) -> tuple[dict[str, Any], dict[str, Tensor], str, Path]:
+    """:func:`read_checkpoint` plus the file (or HF directory) that was read."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
+    kind, file = locate(path)
+    if layout is not None and (layout == "hf") != (kind == "hf"):
+        held = "a Hugging Face directory" if kind == "hf" else f"a {kind} file"
+        raise CheckpointError(f"{path}: layout {layout!r} was asked for; found {held} (omit it to detect)")
+    if kind == "hf":
+        config, hf_state = read_hf_state(file)
+        try:
+            arch, state = from_hf(config, hf_state)
+        except CheckpointError:
+            raise
+        except ValueError as exc:  # from_hf knows the config, not where it came from
+            raise CheckpointError(f"{file}: {exc}") from None
+        return arch, state, "hf", file
+    if kind == "safetensors":
+        keys, meta = safetensors_header(file)
+        layout = layout or _safetensors_layout(file, keys, meta)
+        obj: Any = read_safetensors(file)[0]
+        if layout == "dinoflow":
+            if meta.get("format") != FORMAT or "arch" not in meta:
+                raise CheckpointError(f"{file}: no dinoflow metadata (format/arch); try layout 'official'")
+            return json.loads(meta["arch"]), obj, layout, file
+    else:
+        obj = load_torch(file)
+        layout = layout or _torch_layout(file, obj)
+    if layout == "dinoflow":
+        if not (isinstance(obj, dict) and "arch" in obj and "state_dict" in obj):
+            raise CheckpointError(f"{file}: not a dinoflow dict with 'arch' and 'state_dict'")
+        return dict(obj["arch"]), dict(obj["state_dict"]), layout, file
+    state = unchunk(_unwrap_official(obj, file))
+    try:
+        return infer_arch(state), state, layout, file
+    except CheckpointError as exc:
+        raise CheckpointError(f"{file}: {exc}") from None
+
+
 def read_checkpoint(
     path: str | Path, layout: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Tensor], str]:
-    """``(arch kwargs, official-layout state dict, layout)`` of a checkpoint, without building a model."""
-    path = Path(path)
-    layout = layout or detect_layout(path)
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
-    if layout == "hf":
-        config, hf_state = read_hf_state(path)
-        arch, state = from_hf(config, hf_state)
-        return arch, state, layout
-    if path.suffix == ".safetensors":
-        obj, meta = _read_safetensors(path)
-        if layout == "dinoflow":
-            if meta.get("format") != FORMAT or "arch" not in meta:
-                raise CheckpointError(f"{path}: no dinoflow metadata (format/arch); try layout='official'")
-            return json.loads(meta["arch"]), obj, layout
-    else:
-        obj = _torch_load(path)
-    if layout == "dinoflow":
-        if not (isinstance(obj, dict) and "arch" in obj and "state_dict" in obj):
-            raise CheckpointError(f"{path}: not a dinoflow dict with 'arch' and 'state_dict'")
-        return dict(obj["arch"]), dict(obj["state_dict"]), layout
-    state = unchunk(_unwrap_official(obj))
-    return infer_arch(state), state, layout
+    """``(arch kwargs, official-layout state dict, layout)`` of a checkpoint, without building a model.
+
+    ``path``: a checkpoint file, an HF directory, or a directory holding one checkpoint file."""
+    arch, state, layout, _ = _read(path, layout)
+    return arch, state, layout
 
 
 def load_backbone(path: str | Path, layout: str | None = None, **overrides: Any) -> DinoVisionTransformer:
@@ -247,21 +285,53 @@ def _arch_of(model: nn.Module) -> dict[str, Any]:
     return dict(arch)
 
 
+def _check_destination(path: Path, layout: str) -> None:
+    """A destination that cannot hold ``layout`` is a one-line error before anything is written."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
+    if layout == "hf":
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"{path}: layout 'hf' writes a directory; found an existing file")
+        if path.suffix in (".safetensors", *TORCH_SUFFIXES):
+            raise CheckpointError(
+                f"{path}: layout 'hf' writes a directory (config.json + model.safetensors); "
+                f"name it without the {path.suffix} suffix"
+            )
+    elif path.is_dir():
+        raise CheckpointError(
+            f"{path}: layout {layout!r} writes one file; found a directory (name a file, e.g. "
+            f"{path / 'backbone.safetensors'})"
+        )
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    tmp = _atomic_target(path)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def save_backbone(model: nn.Module, path: str | Path, layout: str = "dinoflow") -> Path:
     """Write ``model`` (a :class:`DinoVisionTransformer`) in ``layout``; returns ``path``.
 
-    dinoflow: one safetensors file; official: a bare ``torch.save`` state dict; hf: a directory
-    (``config.json`` + ``model.safetensors``), replaced as a whole.
+    dinoflow: a safetensors file with arch metadata (a torch ``{"arch", "state_dict"}`` dict when
+    ``path`` ends in .pt/.pth/.bin/.ckpt); official: a bare ``torch.save`` state dict (bare
+    safetensors when ``path`` ends in .safetensors); hf: a directory (``config.json`` +
+    ``model.safetensors``), replaced as a whole. So the content always matches a suffix that names a
+    format, and every reader here detects the format by content anyway.
     """
     path = Path(path)
-    arch, state = _arch_of(model), {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if layout == "dinoflow":
+    _check_destination(path, layout)
+    arch, state = _arch_of(model), {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    as_torch = path.suffix in TORCH_SUFFIXES
+    if layout == "dinoflow" and as_torch:
+        _torch_save({"arch": arch, "state_dict": state}, path)
+    elif layout == "dinoflow":
         _save_safetensors(state, path, {"format": FORMAT, "arch": json.dumps(arch)})
+    elif layout == "official" and path.suffix == ".safetensors":
+        _save_safetensors(state, path, {"format": "pt"})
     elif layout == "official":
-        tmp = _atomic_target(path)
-        torch.save({k: v.contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-    elif layout == "hf":
+        _torch_save(state, path)
+    else:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         (tmp / "config.json").write_text(json.dumps(hf_config(arch), indent=2) + "\n")
@@ -273,24 +343,23 @@ def save_backbone(model: nn.Module, path: str | Path, layout: str = "dinoflow") 
             shutil.rmtree(old)
         else:
             os.replace(tmp, path)
-    else:
-        raise ValueError(f"unknown layout {layout!r}; valid layouts: {', '.join(LAYOUTS)}")
     return path
 
 
 def convert(src: str | Path, dst: str | Path, to: str, src_layout: str | None = None) -> Path:
     """Rewrite the backbone at ``src`` in layout ``to`` at ``dst`` (strict load, then save)."""
-    if to not in LAYOUTS:
-        raise ValueError(f"unknown layout {to!r}; valid layouts: {', '.join(LAYOUTS)}")
+    _check_destination(Path(dst), to)  # before the (possibly long) read
     return save_backbone(load_backbone(src, src_layout), dst, to)
 
 
 def describe(path: str | Path, layout: str | None = None) -> dict[str, Any]:
-    """Summary of a checkpoint: layout, arch name (or "custom"), params, width/depth/heads, registers,
-    img_size, patch_size, ffn_layer, position-resize mode. Reads tensors, builds no model."""
-    arch, state, layout = read_checkpoint(path, layout)
+    """Summary of a checkpoint: the path given and the file read, layout, arch name (or "custom"),
+    params, width/depth/heads, registers, img_size, patch_size, ffn_layer, position-resize mode.
+    Reads tensors, builds no model."""
+    arch, state, layout, file = _read(path, layout)
     return {
         "path": str(path),
+        "file": str(file),
         "layout": layout,
         "arch": arch_name(arch["embed_dim"], arch["depth"]) or "custom",
         "params": int(sum(v.numel() for v in state.values())),

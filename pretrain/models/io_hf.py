@@ -12,7 +12,6 @@ three), ``attention.output.dense``, ``mlp.fc1/fc2`` or ``mlp.weights_in/weights_
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pretrain.models.io_files import CheckpointError, load_torch, read_json, read_safetensors
 from pretrain.models.layers import swiglu_hidden
 
 # ours (official) -> hub, per block; the qkv split and SwiGLU are handled apart
@@ -129,21 +129,29 @@ def hf_config(arch: dict[str, Any]) -> dict[str, Any]:
 def read_hf_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """``(config, tensors)`` of an HF model directory (``model.safetensors``, a sharded
     ``model.safetensors.index.json`` or ``pytorch_model.bin``)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
-    config = json.loads((path / "config.json").read_text())
+    config = read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path / 'config.json'}: expected a JSON object; found {type(config).__name__}"
+        )
     if (path / "model.safetensors").exists():
-        state = load_file(str(path / "model.safetensors"))
+        state = read_safetensors(path / "model.safetensors")[0]
     elif (path / "model.safetensors.index.json").exists():
-        index = json.loads((path / "model.safetensors.index.json").read_text())
+        index = read_json(path / "model.safetensors.index.json")
         state = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(path / shard)))
+        for shard in sorted(set(index.get("weight_map", {}).values())):
+            if not (path / shard).is_file():
+                raise CheckpointError(f"{path}: the shard index names {shard}, which is missing")
+            state.update(read_safetensors(path / shard)[0])
     elif (path / "pytorch_model.bin").exists():
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        state = load_torch(path / "pytorch_model.bin")
+        if not isinstance(state, dict):
+            raise CheckpointError(
+                f"{path / 'pytorch_model.bin'}: expected a state dict; found {type(state).__name__}"
+            )
     else:
-        raise FileNotFoundError(f"{path}: no model.safetensors, shard index or pytorch_model.bin")
+        raise CheckpointError(f"{path}: no model.safetensors, shard index or pytorch_model.bin")
     return config, state
 
 
@@ -166,7 +174,8 @@ def from_hf(config: dict[str, Any], hf_state: dict[str, Tensor]) -> tuple[dict[s
     under their HF name, so the strict load reports them."""
     if config.get("model_type") not in ("dinov2", "dinov2_with_registers"):
         raise ValueError(
-            f"config.json model_type {config.get('model_type')!r} is not dinov2(_with_registers)"
+            "expected a Hugging Face Dinov2 model (config.json model_type dinov2 or dinov2_with_registers); "
+            f"found model_type {config.get('model_type')!r}"
         )
     hub = _hub_names(hf_state)
     inverse_top = {v: k for k, v in _TOP.items()}
@@ -191,7 +200,10 @@ def from_hf(config: dict[str, Any], hf_state: dict[str, Tensor]) -> tuple[dict[s
             state[name] = value
     for name, parts in qkv.items():
         state[name] = torch.cat([parts["query"], parts["key"], parts["value"]])
-    return _arch_from_config(config), state
+    try:
+        return _arch_from_config(config), state
+    except KeyError as exc:
+        raise ValueError(f"config.json has no {exc.args[0]!r}, which a Dinov2 config always has") from None
 
 
 def _arch_from_config(config: dict[str, Any]) -> dict[str, Any]:
