@@ -8,6 +8,11 @@ all of the Python around it. ``client_or_address``:
 - ``"tcp://host:8786"`` (or any scheduler address): connect to that cluster (``--dask-address``);
 - a ``distributed.Client``: use it as is (not closed);
 - ``"sync"``: run in this process, in order (debugging, tests, tiny inputs).
+
+Two ways in, one implementation: :func:`run_tasks` maps a function over inputs with progress (the
+library's ``ingest``); :func:`dask_session` + :func:`run_one` let a caller that schedules the tasks
+itself (the Prefect flow: one retried task per partition, running in threads of the flow's process)
+send each one to the same cluster by its address, a plain string that can be a task parameter.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from contextlib import contextmanager
 from typing import Any
 
 Progress = Callable[[int, int], None]
+SYNC = "sync"
+# this process's client per scheduler address, for work submitted by address (see run_one)
+_CLIENTS: dict[str, Any] = {}
 
 
 @contextmanager
@@ -50,6 +58,43 @@ def dask_client(
         yield client
 
 
+@contextmanager
+def dask_session(
+    client_or_address: Any = None, n_workers: int | None = None, threads_per_worker: int = 1
+) -> Iterator[str]:
+    """``"sync"``, or the scheduler address of the cluster for ``client_or_address`` (see module doc)
+    with this process's client registered for :func:`run_one`; closes what it started."""
+    if client_or_address == SYNC:
+        yield SYNC
+        return
+    with dask_client(client_or_address, n_workers, threads_per_worker) as client:
+        address = client.scheduler.address
+        # a session nested in another on the same scheduler leaves the outer one's client in place
+        registered = _CLIENTS.setdefault(address, client) is client
+        try:
+            yield address
+        finally:
+            if registered:
+                _CLIENTS.pop(address, None)
+
+
+def client_for(address: str) -> Any:
+    """This process's client for ``address``: the session's, else a new one kept for later calls."""
+    if address not in _CLIENTS:
+        from distributed import Client
+
+        _CLIENTS[address] = Client(address, set_as_default=False)
+    return _CLIENTS[address]
+
+
+def run_one(address: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` here (``address == "sync"``) or on the cluster at ``address``, awaited."""
+    if address == SYNC:
+        return fn(*args)
+    # pure=False: a re-run must run again (its outputs may have been deleted meanwhile)
+    return client_for(address).submit(fn, *args, pure=False).result()
+
+
 def run_tasks(
     fn: Callable[..., Any],
     arg_tuples: Sequence[tuple[Any, ...]],
@@ -68,18 +113,18 @@ def run_tasks(
         progress(0, total)
     if total == 0:
         return []
-    if client_or_address == "sync":
-        results = []
-        for done, args in enumerate(arg_tuples, start=1):
-            results.append(fn(*args))
-            if progress is not None:
-                progress(done, total)
-        return results
-    from distributed import as_completed
+    with dask_session(client_or_address, n_workers, threads_per_worker) as address:
+        if address == SYNC:
+            results = []
+            for done, args in enumerate(arg_tuples, start=1):
+                results.append(fn(*args))
+                if progress is not None:
+                    progress(done, total)
+            return results
+        from distributed import as_completed
 
-    with dask_client(client_or_address, n_workers, threads_per_worker) as client:
-        # pure=False: a re-run must run again (its outputs may have been deleted meanwhile)
-        futures = [client.submit(fn, *args, pure=False) for args in arg_tuples]
+        client = client_for(address)
+        futures = [client.submit(fn, *args, pure=False) for args in arg_tuples]  # pure=False: as run_one
         index = {future.key: i for i, future in enumerate(futures)}
         results_by_index: dict[int, Any] = {}
         for done, future in enumerate(as_completed(futures), start=1):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -33,9 +31,7 @@ def ingest_partition(
     """Decode, hash and filter one partition on the Dask cluster; returns its staging parquet."""
     assert config.source is not None, "partitions exist only for a source"
     args = (Catalog(config.catalog), index, uris, config.source, config.curate, run_id)
-    if dask_address == "sync":
-        return ingest.stage_partition(*args)
-    return str(_client(dask_address).submit(ingest.stage_partition, *args, pure=False).result())
+    return str(parallel.run_one(dask_address, ingest.stage_partition, *args))
 
 
 @task(name="commit-ingest")
@@ -47,34 +43,6 @@ def commit_ingest(catalog: str, staging: list[str], run_id: str) -> int:
 @task(name="hash-dedup")
 def hash_dedup(config: PipelineConfig, run_id: str) -> dict[str, Any]:
     return hashdedup.apply_hash_dedup(Catalog(config.catalog), config.curate.dedup, run_id)
-
-
-_CLIENTS: dict[str, Any] = {}
-
-
-@contextmanager
-def _cluster(config: PipelineConfig) -> Iterator[str]:
-    """The Dask scheduler address the partition tasks submit to (a LocalCluster unless given)."""
-    if config.dask_address == "sync":
-        yield "sync"
-        return
-    ing = config.curate.ingest
-    with parallel.dask_client(config.dask_address, ing.n_workers, ing.threads_per_worker) as client:
-        address = client.scheduler.address
-        _CLIENTS[address] = client
-        try:
-            yield address
-        finally:
-            _CLIENTS.pop(address, None)
-
-
-def _client(address: str) -> Any:
-    """The flow's client for ``address`` (tasks run in threads of the flow's process)."""
-    if address not in _CLIENTS:
-        from distributed import Client
-
-        _CLIENTS[address] = Client(address, set_as_default=False)
-    return _CLIENTS[address]
 
 
 def _run_id() -> str:
@@ -94,7 +62,8 @@ def curate(config: PipelineConfig) -> dict[str, Any]:
     staging: list[str] = []
     if plans:
         progress = start_progress("ingest-progress", "partitions ingested")
-        with _cluster(config) as address:
+        ing = config.curate.ingest
+        with parallel.dask_session(config.dask_address, ing.n_workers, ing.threads_per_worker) as address:
             futures = [ingest_partition.submit(i, p, config, run_id, address) for i, p in enumerate(plans)]
             for done, future in enumerate(as_completed(futures), start=1):
                 staging.append(future.result())
