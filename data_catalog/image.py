@@ -84,7 +84,9 @@ def has_transparency(img: Image.Image) -> bool:
 
 
 def _on_white(img: Image.Image) -> Image.Image:
-    rgba = img.convert("RGBA")  # also un-premultiplies RGBa / La and applies tRNS keys
+    if img.mode == "La":
+        img = img.convert("LA")  # PIL un-premultiplies La only to LA
+    rgba = img.convert("RGBA")  # also un-premultiplies RGBa and applies tRNS keys
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB")
 

@@ -192,6 +192,22 @@ def test_png_exif_after_pixel_data_is_found(raw_photos: Path) -> None:
     assert open_image(late).size == (60, 40)
 
 
+@pytest.mark.parametrize(
+    "mode", ["1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "I;16B", "F"]
+)
+def test_every_opaque_mode_becomes_rgb(mode: str) -> None:
+    img = Image.new(mode, (5, 3))
+    for target in ("RGB", "L"):
+        out = normalize(img, target)
+        assert out.mode == target and out.size == (5, 3)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "RGBa", "La"])
+def test_every_alpha_mode_is_composited_on_white(mode: str) -> None:
+    clear = Image.new(mode, (5, 3))  # all zero: black, fully transparent
+    assert (np.asarray(normalize(clear)) == 255).all() and normalize(clear).mode == "RGB"
+
+
 def test_normalize_rejects_unknown_modes_and_keeps_rgb_as_is() -> None:
     img = Image.new("RGB", (4, 4))
     assert normalize(img) is img  # no copy on the hot path (training decodes every sample)
