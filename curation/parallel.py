@@ -17,7 +17,9 @@ send each one to the same cluster by its address, a plain string that can be a t
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +28,29 @@ Progress = Callable[[int, int], None]
 SYNC = "sync"
 # this process's client per scheduler address, for work submitted by address (see run_one)
 _CLIENTS: dict[str, Any] = {}
+
+
+LOG_LEVEL_ENV = "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED"  # dask config distributed.logging.distributed
+
+
+def set_dask_log_level(level: str) -> None:
+    """Dask's own loggers (``distributed.*``: scheduler, nannies, comms, workers) at ``level``
+    ("warning", "info", ...) in this process, whether distributed is imported yet or not, and in the
+    processes it starts (Prefect's flow-run processes under ``serve``, Dask's spawned workers).
+
+    Why: importing distributed sets its logger's level from dask config (``distributed.logging``,
+    INFO by default), and when the root logger already has a handler (Prefect's console) it adds
+    none of its own, so the scheduler's and nannies' INFO lines reach the console between the
+    pipeline's. Dask reads the config, environment included, when it is first imported; a process
+    that has imported distributed already gets the logger's level set directly.
+    """
+    os.environ[LOG_LEVEL_ENV] = level  # children read it when they import dask
+    if "dask" in sys.modules:  # its config is loaded: set it there too (no import otherwise)
+        import dask
+
+        dask.config.set({"distributed.logging.distributed": level})
+    if "distributed" in sys.modules:
+        logging.getLogger("distributed").setLevel(level.upper())
 
 
 @contextmanager

@@ -22,6 +22,19 @@ app = typer.Typer(
 catalog_app = typer.Typer(help="Inspect and export a data catalog.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 
+
+@app.callback()
+def global_options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Also show Dask's own INFO logs (scheduler, nannies, workers).")
+    ] = False,
+) -> None:
+    """The console tells the pipeline's story: Dask's logs at WARNING unless --verbose."""
+    from curation.parallel import set_dask_log_level
+
+    set_dask_log_level("info" if verbose else "warning")
+
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with pipeline settings.")]
 SetOpt = Annotated[
     list[str] | None,
