@@ -144,3 +144,37 @@ def test_reading_an_s3_table_exits_cleanly(s3_env: dict[str, str]) -> None:
             cwd=REPO, env={**os.environ, **s3_env}, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert done.returncode == 0 and "read ok" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
+def test_pipeline_config_saved_on_s3_is_what_a_dataset_version_records(
+    s3_env: dict[str, str], raw_photos: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    from data_catalog.settings import validate
+    from flows.config import PipelineConfig
+    from flows.settings import pipeline_config, save_pipeline_config
+
+    catalog = Catalog(f"s3://{BUCKET}/config-catalog")
+    cfg = pipeline_config(None, ["curate.dedup.phash_radius=4"], catalog=catalog.root)
+    local = tmp_path / "one"
+    local.mkdir()
+    shutil.copy(sorted(raw_photos.glob("*.JPEG"))[0], local / "a.jpg")
+    ingest(catalog, str(local), cfg.curate, run_id="run-cfg", client_or_address="sync")
+    uri = save_pipeline_config(cfg, "run-cfg")
+    assert uri == f"s3://{BUCKET}/config-catalog/runs/run-cfg/pipeline.yaml"
+    assert validate(PipelineConfig, yaml.safe_load(catalog.filesystem().cat_file(uri))) == cfg
+    # in a child process: deltalake's history() holds the GIL while it waits for moto's in-process
+    # server (a deadlock of this test harness only; a real S3 endpoint is another process)
+    script = (
+        "import sys, json; from data_catalog.catalog import Catalog; from flows.settings import curation_record; "
+        "print(json.dumps(curation_record(Catalog(sys.argv[1]))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, catalog.root],
+        cwd=REPO, env={**os.environ, **s3_env}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["run_id"] == "run-cfg" and record["pipeline_config"] == uri
+    assert record["curate"] == cfg.curate.model_dump(mode="json")
