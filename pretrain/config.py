@@ -53,6 +53,9 @@ class HeadConfig(_Strict):
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     nlayers: int = 3
+    # False (DINOv2): the prototypes' weight-norm gain g starts at 1 and is trained with the last
+    # layer. True: DINO v1's norm_last_layer, g frozen at 1 (logits are cosines).
+    norm_last_layer: bool = False
 
 
 class HeadsConfig(_Strict):

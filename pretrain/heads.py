@@ -2,8 +2,14 @@
 
 An MLP (``nlayers`` linear layers, GELU between them) maps a backbone token [N, D] to a bottleneck
 [N, bottleneck_dim], which is L2-normalised and projected onto K prototypes by a weight-normalised
-linear layer without bias whose norms g are fixed to 1: the logits are cosine similarities between
-the bottleneck and the K prototype directions, so they lie in [-1, 1] before the temperature.
+linear layer without bias, ``W = g * v / ||v||`` row by row: logit k is ``g_k`` times the cosine
+between the bottleneck and prototype direction ``v_k``.
+
+The gain g starts at 1. As in the official DINOv2 head (facebookresearch/dinov2
+``dinov2/layers/dino_head.py``: ``weight_g`` filled with 1 and left trainable) it is trained by
+default, with the last layer's learning rate, weight decay and early freezing. ``norm_last_layer=True``
+is DINO v1's option of that name (Caron et al. 2021): g stays fixed at 1, so the logits are cosines in
+[-1, 1] before the temperature.
 """
 
 from __future__ import annotations
@@ -35,9 +41,11 @@ class DINOHead(nn.Module):
 
     ``last_layer`` is ``nn.Linear(bottleneck_dim, out_dim, bias=False)`` under
     ``torch.nn.utils.parametrizations.weight_norm``: parameters
-    ``last_layer.parametrizations.weight.original0`` (g, [out_dim, 1], fixed to 1, no gradient, as
-    DINO's ``norm_last_layer=True``) and ``...original1`` (v, [out_dim, bottleneck_dim]). The trainer
-    drops the gradients of ``last_layer`` during the first epoch (matched by name).
+    ``last_layer.parametrizations.weight.original0`` (g, [out_dim, 1], filled with 1; trainable
+    unless ``norm_last_layer``, DINO v1's fixed unit norm) and ``...original1`` (v,
+    [out_dim, bottleneck_dim]). Both names hold ``last_layer``: the optimizer's param groups give
+    them the last layer's multipliers and the trainer drops their gradients while the last layer is
+    frozen (``optim.freeze_last_layer_epochs``).
 
     Linear layers of the MLP are initialised trunc_normal(std 0.02) with zero bias; the prototypes
     keep PyTorch's default init, as in the reference (the init is applied before they exist).
@@ -53,6 +61,7 @@ class DINOHead(nn.Module):
         nlayers: int = 3,
         use_bn: bool = False,
         mlp_bias: bool = True,
+        norm_last_layer: bool = False,
     ) -> None:
         super().__init__()
         if min(in_dim, out_dim, hidden_dim, bottleneck_dim) < 1:
@@ -66,7 +75,9 @@ class DINOHead(nn.Module):
         g = self.last_layer.parametrizations.weight.original0
         with torch.no_grad():
             g.fill_(1.0)
-        g.requires_grad_(False)  # prototypes keep unit norm: logits are cosine similarities
+        self.norm_last_layer = norm_last_layer
+        if norm_last_layer:  # DINO v1: prototypes keep unit norm, logits stay cosine similarities
+            g.requires_grad_(False)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -76,7 +87,7 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        """[N, in_dim] -> logits [N, out_dim] (cosine similarities to the prototypes)."""
+        """[N, in_dim] -> logits [N, out_dim]: cosine similarities to the prototypes, times their gains g."""
         x = self.mlp(x)
         # fp16 cannot represent 1e-12: a zero bottleneck would divide by zero
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12

@@ -6,7 +6,10 @@
   only the global crops, unmasked.
 - Losses: DINO cross-entropy between each student crop and each *other* teacher global crop
   (2 + 2 x n_local terms, averaged), iBOT on the masked patches of the student's global crops, and
-  KoLeo on the student backbone's class tokens of the first global crop (per device, in fp32).
+  KoLeo on the student backbone's class tokens, once per global crop and summed (per device, in
+  fp32): ``sum(koleo(p) for p in student_cls_tokens.chunk(2))`` in the official ``ssl_meta_arch.py``,
+  never between two views of one image. (The paper's text says the first crop only; the code, which
+  trained the released models, sums over both.)
 
 :meth:`SSLModel.losses` reads top to bottom: teacher forward, student forward, losses. Backward,
 clipping, the optimizer and the EMA update live in the loop (``pretrain/train.py``).
@@ -143,11 +146,12 @@ class SSLModel(nn.Module):
             batch["n_masked_patches"],
             batch["collated_global_crops"].shape[0],
         )
-        first_crop_cls = out["cls_global"].chunk(n_global)[0].float()
-        koleo = self.koleo_loss(first_crop_cls)
+        # KoLeo within each global crop's batch [B, D], summed over the crops (official recipe)
+        koleo = sum_koleo(self.koleo_loss, out["cls_global"].float(), n_global)
 
         c = self.cfg
         total = c.dino_weight * dino + c.ibot_weight * ibot + c.koleo_weight * koleo
+        # parts are the unweighted terms: total = dino_weight * dino + ibot_weight * ibot + koleo_weight * koleo
         return total, {"dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}
 
     @torch.no_grad()
@@ -155,6 +159,14 @@ class SSLModel(nn.Module):
         """EMA: teacher = momentum * teacher + (1 - momentum) * student (parameter by parameter)."""
         for t, s in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
             t.lerp_(s.detach(), 1.0 - momentum)
+
+
+def sum_koleo(koleo: Callable[[Tensor], Tensor], cls_tokens: Tensor, n_crops: int) -> Tensor:
+    """sum over crops c of koleo(cls_tokens of crop c) -> scalar; ``cls_tokens`` [n_crops*B, D], crop-major.
+
+    Each crop's batch is spread on its own: two views of one image are never each other's neighbour.
+    """
+    return torch.stack([koleo(chunk) for chunk in cls_tokens.chunk(n_crops)]).sum()
 
 
 def build_ssl_model(config: TrainConfig, global_size: int) -> SSLModel:
@@ -175,11 +187,25 @@ def build_ssl_model(config: TrainConfig, global_size: int) -> SSLModel:
         ffn_layer=m.ffn,
     )
     dim = backbone.embed_dim
-    dino_head = DINOHead(dim, h.dino.prototypes, h.dino.hidden_dim, h.dino.bottleneck_dim, h.dino.nlayers)
+    dino_head = DINOHead(
+        dim,
+        h.dino.prototypes,
+        h.dino.hidden_dim,
+        h.dino.bottleneck_dim,
+        h.dino.nlayers,
+        norm_last_layer=h.dino.norm_last_layer,
+    )
     ibot_head = None
     ibot_dim = h.dino.prototypes
     if h.ibot_separate_head:
-        ibot_head = DINOHead(dim, h.ibot.prototypes, h.ibot.hidden_dim, h.ibot.bottleneck_dim, h.ibot.nlayers)
+        ibot_head = DINOHead(
+            dim,
+            h.ibot.prototypes,
+            h.ibot.hidden_dim,
+            h.ibot.bottleneck_dim,
+            h.ibot.nlayers,
+            norm_last_layer=h.ibot.norm_last_layer,
+        )
         ibot_dim = h.ibot.prototypes
     return SSLModel(
         Student(backbone, dino_head, ibot_head),

@@ -98,3 +98,34 @@ def test_groups_cover_every_parameter_once_and_schedule_applies() -> None:
     sum(p.sum() for p in student.parameters()).backward()
     opt.step()
     assert not torch.equal(before, student.dino_head.mlp.weight)
+
+
+@pytest.mark.parametrize(
+    "norm_last_layer", [False, True], ids=["dinov2-trainable-gain", "dino-v1-fixed-gain"]
+)
+def test_weight_norm_gain_is_in_the_last_layer_group(norm_last_layer: bool) -> None:
+    """DINOv2 trains the gain g with the last layer's lr, weight decay and freezing; v1 never trains it."""
+    from pretrain.heads import DINOHead
+
+    head = DINOHead(8, 16, hidden_dim=8, bottleneck_dim=4, norm_last_layer=norm_last_layer)
+    named = [(f"dino_head.{n}", p) for n, p in head.named_parameters()]
+    groups = param_groups(named, 3, 0.9, 0.2)
+    by_name = {n: g for g in groups for n in g["names"]}
+    gain, direction = (
+        "dino_head.last_layer.parametrizations.weight.original0",
+        "dino_head.last_layer.parametrizations.weight.original1",
+    )
+    assert by_name[direction]["is_last_layer"]
+    if norm_last_layer:
+        assert gain not in by_name
+        return
+    # same group as the prototypes' directions: lr multiplier 1, decayed (the reference's weight_g has
+    # wd_multiplier 1: not a bias, norm or gamma), frozen with them
+    assert by_name[gain] is by_name[direction]
+    assert by_name[gain]["lr_multiplier"] == 1.0 and by_name[gain]["wd_multiplier"] == 1.0
+    opt = build_optimizer(groups, betas=(0.9, 0.999))
+    apply_schedule(opt, lr=0.5, wd=0.04, last_layer_frozen=True)
+    g_group = next(g for g in opt.param_groups if gain in g["names"])
+    assert g_group["lr"] == 0.0
+    apply_schedule(opt, lr=0.5, wd=0.04, last_layer_frozen=False)
+    assert g_group["lr"] == 0.5 and g_group["weight_decay"] == 0.04
