@@ -14,7 +14,6 @@ forward + backward (``torch.utils.flop_counter``). Skipped, saying so, without C
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import machine, write_result
+from pretrain.metrics import METRICS_FILE, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train.md"
@@ -66,7 +66,7 @@ def cpu_run(index: Path, out: Path, nproc: int, steps: int, overrides: list[str]
     # the trainer picks its threads (cores per process minus loader workers; torchrun sets 1)
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out / METRICS_FILE)
     timed = rows[1:] or rows  # the first window holds start-up (workers, first batch)
     return {
         "images_per_s": sum(r["images_per_s"] for r in timed) / len(timed),

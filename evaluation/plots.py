@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-LOSS_KEYS = ("loss", "dino", "ibot", "koleo")  # the keys pretrain.train writes to metrics.jsonl
-
-
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """The records of a ``metrics.jsonl`` file; a torn last line (killed writer) is ignored."""
-    records: list[dict[str, float]] = []
-    if not path.exists():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+from pretrain.metrics import LOSS_KEYS, read_metrics
 
 
 def plot_loss_curves(metrics_path: Path, out_png: Path, title: str = "pretraining losses") -> Path | None:

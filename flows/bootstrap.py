@@ -25,6 +25,7 @@ from data_catalog.settings import ConfigError
 from evaluation.knn import extract_features, image_folder_loader, knn_accuracy
 from pretrain import launch
 from pretrain.config import load_config, resume_conflict
+from pretrain.metrics import METRICS_FILE, read_metrics
 from pretrain.models.io import load_backbone, save_backbone
 from pretrain.models.vit import DinoVisionTransformer
 
@@ -117,7 +118,7 @@ def build_bootstrap(data_dir: Path, workdir: Path, out: Path, steps: int, per_cl
     }
     out.mkdir(parents=True, exist_ok=True)
     save_backbone(teacher.half(), out / "backbone.safetensors")
-    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    metrics = read_metrics(run_dir / METRICS_FILE)
     record = {
         "knn_cifar10_test": result,
         "train_images_per_class_for_knn": per_class,

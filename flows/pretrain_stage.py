@@ -9,11 +9,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from data_catalog.settings import ConfigError
-from evaluation.plots import plot_loss_curves, read_metrics
+from evaluation.plots import plot_loss_curves
 from flows.artifacts import image_markdown, publish_markdown, set_progress, start_progress
 from flows.config import PretrainStageConfig
 from pretrain import launch
 from pretrain.config import resume_conflict, save_config
+from pretrain.metrics import METRICS_FILE, read_metrics
 
 LAUNCH_CONFIG = "launch_config.yaml"  # the flow's resolved training config; config.yaml is the trainer's
 
@@ -93,8 +94,8 @@ def pretrain(catalog: str, dataset: str, stage: PretrainStageConfig) -> dict[str
     nproc = stage.nproc_per_node or launch.default_nproc()
     cmd = launch.torchrun_command(train_args(catalog, dataset, stage, run_dir), nproc)
     torchrun_task(cmd, run_key=run_dir.name)
-    png = plot_loss_curves(run_dir / "metrics.jsonl", run_dir / "loss_curves.png", title=f"{run_dir.name}")
-    records = read_metrics(run_dir / "metrics.jsonl")
+    png = plot_loss_curves(run_dir / METRICS_FILE, run_dir / "loss_curves.png", title=f"{run_dir.name}")
+    records = read_metrics(run_dir / METRICS_FILE)
     last = records[-1] if records else {}
     md = f"# Pretraining {run_dir.name}\n\nsteps: {last.get('step')}, last loss: {last.get('loss')}\n\n"
     if png is not None:

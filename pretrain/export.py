@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pretrain import distributed as D
+from pretrain.metrics import METRICS_FILE
 
 LAYOUT_PATHS = {
     "dinoflow": "teacher_backbone.safetensors",
@@ -117,7 +118,7 @@ def run_record(
         "last_loss": last_loss,
         "checkpoint_uri": str(ckpts[-1].resolve()) if ckpts else None,
         "backbone_uri": str(backbone.resolve()) if backbone.exists() and status == "completed" else None,
-        "metrics_uri": str((run_dir / "metrics.jsonl").resolve()),
+        "metrics_uri": str((run_dir / METRICS_FILE).resolve()),
     }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-METRICS_PREFIX = "DINOFLOW_METRICS "
+from pretrain.metrics import LOSS_KEYS, parse_metrics
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -48,24 +48,12 @@ def torchrun_command(
     return [*cmd, "-m", "pretrain.train", *train_args]
 
 
-def parse_metrics(line: str) -> dict[str, float] | None:
-    """The metrics record of a ``DINOFLOW_METRICS {...}`` line, else None."""
-    start = line.find(METRICS_PREFIX)
-    if start < 0:
-        return None
-    try:
-        record = json.loads(line[start + len(METRICS_PREFIX) :])
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
 def format_metrics(record: dict[str, float]) -> str:
     """A metrics record as one readable log line: ``step 130/200 [main] loss 12.418 (dino 8.320 ...)``."""
     parts = [f"step {record.get('step')}/{record.get('total_steps', '?')} [{record.get('phase', 'main')}]"]
     if "loss" in record:
         parts.append(f"loss {record['loss']:.4f}")
-    terms = [f"{k} {record[k]:.4f}" for k in ("dino", "ibot", "koleo") if k in record]
+    terms = [f"{k} {record[k]:.4f}" for k in LOSS_KEYS[1:] if k in record]
     if terms:
         parts.append("(" + ", ".join(terms) + ")")
     if "images_per_s" in record:

@@ -44,11 +44,10 @@ from pretrain.export import (
     run_record,
     teacher_from_checkpoint,
 )
+from pretrain.metrics import LOSS_KEYS, METRICS_FILE, append_metrics, metrics_line, truncate_metrics
 from pretrain.optim import apply_schedule, build_optimizer, param_groups
 from pretrain.schedules import PhaseSchedule, phase_schedule, phases
 from pretrain.ssl import SSLModel, build_ssl_model
-
-METRICS_PREFIX = "DINOFLOW_METRICS "
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,7 +59,7 @@ class RunLog:
 
     def __init__(self, run_dir: Path, config: TrainConfig, info: D.DistInfo, total_steps: int) -> None:
         self.run_dir, self.config, self.info, self.total_steps = run_dir, config, info, total_steps
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.last_loss: float | None = None
         self.started_at = datetime.now(UTC)
         self.dataset: dict[str, Any] = {}
@@ -69,11 +68,8 @@ class RunLog:
 
     def start(self, step: int) -> None:
         """Drop lines past ``step`` (written after the checkpoint we resume from), start the clock."""
-        if self.info.is_main and self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in keep))
-            tmp.replace(self.path)
+        if self.info.is_main:
+            truncate_metrics(self.path, lambda record: record["step"] <= step)
         if self.info.is_main and sys.stdout.isatty():
             from tqdm import tqdm
 
@@ -82,7 +78,7 @@ class RunLog:
 
     def record(self, step: int, phase: str, out: dict[str, Any], global_batch: int) -> None:
         """Average the losses over ranks (a collective) and write one line (rank 0)."""
-        keys = [k for k in ("loss", "dino", "ibot", "koleo") if k in out]
+        keys = [k for k in LOSS_KEYS if k in out]
         means = D.all_reduce_mean(torch.stack([out[k].float() for k in keys])).tolist()
         now = time.perf_counter()
         rate = (step - self._clock_step) * global_batch / max(now - self._clock, 1e-9)
@@ -96,9 +92,8 @@ class RunLog:
         self.last_loss = row["loss"]
         if not self.info.is_main:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        line = METRICS_PREFIX + json.dumps(row)
+        append_metrics(self.path, row)
+        line = metrics_line(row)
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix(loss=f"{row['loss']:.4f}", phase=phase)

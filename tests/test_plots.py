@@ -7,7 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from evaluation.plots import plot_loss_curves, read_metrics
+from evaluation.plots import plot_loss_curves
+from pretrain.metrics import read_metrics
 
 
 def test_loss_curves_png(tmp_path: Path) -> None:
