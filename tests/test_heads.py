@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -58,10 +59,11 @@ def test_norm_last_layer_keeps_prototypes_at_unit_norm_as_dino_v1() -> None:
 
 def test_init_and_variants() -> None:
     head = DINOHead(16, 10, hidden_dim=32, bottleneck_dim=8, nlayers=1)
-    assert head.mlp.weight.std() < 0.05 and torch.all(head.mlp.bias == 0)  # trunc_normal(0.02), zero bias
+    mlp: Any = head.mlp  # one Linear when nlayers=1
+    assert mlp.weight.std() < 0.05 and torch.all(mlp.bias == 0)  # trunc_normal(0.02), zero bias
     bn = DINOHead(16, 10, hidden_dim=32, bottleneck_dim=8, nlayers=4, use_bn=True, mlp_bias=False)
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in bn.modules()) == 3
-    assert all(m.bias is None for m in bn.mlp if isinstance(m, torch.nn.Linear))
+    assert all(m.bias is None for m in bn.mlp.modules() if isinstance(m, torch.nn.Linear))
     assert bn(torch.randn(4, 16)).shape == (4, 10)
     teacher = copy.deepcopy(bn)  # the trainer's EMA teacher is a deep copy
     sd = teacher.state_dict()
