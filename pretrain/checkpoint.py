@@ -33,6 +33,10 @@ FORMAT = 1
 _NAME = re.compile(r"^step_(\d{8})\.(pt|dcp)$")
 
 
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's optimizer was built over other trainable parameters than this model's."""
+
+
 def checkpoint_name(step: int, sharded: bool) -> str:
     return f"step_{step:08d}.{'dcp' if sharded else 'pt'}"
 
@@ -181,8 +185,23 @@ def load(
     state = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(adapt_pos_embed(state["model"], model), strict=True)
     if optimizer is not None:
+        _check_groups(path, state["optimizer"], optimizer)
         optimizer.load_state_dict(state["optimizer"])
     return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+
+
+def _check_groups(path: Path, saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """One line instead of torch's ValueError when the parameter groups differ in number or size
+    (e.g. a run trained before the DINO head's weight-norm gain became trainable, resumed anyway)."""
+    old = [len(g["params"]) for g in saved["param_groups"]]
+    new = [len(g["params"]) for g in optimizer.param_groups]
+    if old != new:
+        raise CheckpointMismatchError(
+            f"{path} holds optimizer state for other trainable parameters ({sum(old)} in {len(old)} groups, "
+            f"this model trains {sum(new)} in {len(new)}): resume it with the settings it was trained with "
+            "(its run's config.yaml; a run from before the trainable head gain needs "
+            "heads.dino.norm_last_layer=true) or start a new --output-dir"
+        )
 
 
 def _load_dcp(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:

@@ -366,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         register_run(args, config, log, status="failed")
         D.shutdown()
         return 3
+    except ckpt.CheckpointMismatchError as exc:  # --resume-anyway across a change of trainable parameters
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        register_run(args, config, log, status="failed")
+        D.shutdown()
+        return 2
     except BaseException:
         register_run(args, config, log, status="failed")
         raise

@@ -138,3 +138,19 @@ def test_trained_gain_survives_checkpoint_and_export_keeps_the_backbone_only(tmp
     teacher = phase.model.teacher.backbone.state_dict()
     assert exported.keys() == teacher.keys()
     assert all(torch.equal(exported[k], teacher[k]) for k in teacher)
+
+
+def test_a_checkpoint_with_the_v1_fixed_gain_is_a_one_line_error_for_the_trainable_head(
+    tmp_path: Path,
+) -> None:
+    """A run from before the trainable gain, resumed anyway: its optimizer lacks the gains."""
+    from pretrain import checkpoint as ckpt
+
+    common = [*SMALL, "train.epochs=1", "train.iterations_per_epoch=2"]
+    v1 = _phase(load_config("demo", [*common, "heads.dino.norm_last_layer=true"]))
+    path = ckpt.save(tmp_path / "checkpoints", 1, v1.model, v1.optimizer, {"phase": "main"}, keep_last=1)
+    dinov2 = _phase(load_config("demo", common))
+    with pytest.raises(ckpt.CheckpointMismatchError, match=r"heads.dino.norm_last_layer=true") as err:
+        ckpt.load(path, dinov2.model, dinov2.optimizer)
+    assert "\n" not in str(err.value)
+    ckpt.load(path, dinov2.model, None)  # the weights themselves load (the gain is in both state dicts)
