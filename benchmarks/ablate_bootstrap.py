@@ -152,6 +152,9 @@ class Pixels(torch.nn.Module):
     """Raw-pixel features [B, 3 H W] from ImageNet-normalised images [B, 3, H, W]: ``raw`` ([0, 1]
     values), ``centred`` (minus the image's own mean) or ``imagenet`` (the normalised input)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mode: str) -> None:
         super().__init__()
         self.mode = mode
