@@ -22,20 +22,20 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
 import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from benchmarks.common import write_result
 from curation.binary_index import hamming, hex_to_uint64
 from curation.config import DEFAULT_MAX_PIXELS, FilterConfig, IngestConfig
 from curation.decode import decode_record
 from curation.filters import apply_filters
+from evaluation.copy_detection import crop_fraction, encode_jpeg, overlay_text, scale, ukbench_scene
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "phash_radius.md"
@@ -47,48 +47,22 @@ def shared_data_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------- variants
-def _scale(img: Image.Image, f: float) -> Image.Image:
-    return img.resize((max(8, round(img.width * f)), max(8, round(img.height * f))), Image.Resampling.LANCZOS)
-
-
-def _crop(img: Image.Image, frac: float, centre: bool = True) -> Image.Image:
-    """Remove ``frac`` of each side length: split between both edges (centre) or from right/bottom."""
-    dw, dh = round(img.width * frac), round(img.height * frac)
-    left, top = (dw // 2, dh // 2) if centre else (0, 0)
-    return img.crop((left, top, left + img.width - dw, top + img.height - dh))
-
-
-def _watermark(img: Image.Image) -> Image.Image:
-    """Semi-transparent text, 1/10 of the image height, across the lower third (stock-photo style)."""
-    base = img.convert("RGBA")
-    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    size = max(8, base.height // 10)
-    font = ImageFont.load_default(size=size)
-    draw = ImageDraw.Draw(layer)
-    draw.text(
-        (base.width // 20, base.height * 2 // 3),
-        "(c) dinoflow stock 2026",
-        font=font,
-        fill=(255, 255, 255, 150),
-    )
-    return Image.alpha_composite(base, layer).convert("RGB")
-
-
+# the edit functions are shared with the copy-detection measurement (evaluation/copy_detection.py)
 # name -> (edit of the decoded original, JPEG quality the copy is saved with)
 VARIANTS: dict[str, tuple[Callable[[Image.Image], Image.Image], int]] = {
-    "resize_50": (lambda im: _scale(im, 0.5), 95),
-    "resize_25": (lambda im: _scale(im, 0.25), 95),
-    "upscale_150": (lambda im: _scale(im, 1.5), 95),
+    "resize_50": (lambda im: scale(im, 0.5), 95),
+    "resize_25": (lambda im: scale(im, 0.25), 95),
+    "upscale_150": (lambda im: scale(im, 1.5), 95),
     "jpeg_q90": (lambda im: im, 90),
     "jpeg_q60": (lambda im: im, 60),
     "jpeg_q30": (lambda im: im, 30),
-    "crop_5": (lambda im: _crop(im, 0.05), 95),
-    "crop_10": (lambda im: _crop(im, 0.10), 95),
-    "crop_10_corner": (lambda im: _crop(im, 0.10, centre=False), 95),
+    "crop_5": (lambda im: crop_fraction(im, 0.05), 95),
+    "crop_10": (lambda im: crop_fraction(im, 0.10), 95),
+    "crop_10_corner": (lambda im: crop_fraction(im, 0.10, centre=False), 95),
     "brightness_+30": (lambda im: ImageEnhance.Brightness(im).enhance(1.3), 95),
     "contrast_-30": (lambda im: ImageEnhance.Contrast(im).enhance(0.7), 95),
     "blur_2px": (lambda im: im.filter(ImageFilter.GaussianBlur(2)), 95),
-    "watermark": (_watermark, 95),
+    "watermark": (overlay_text, 95),
     "grayscale": (lambda im: im.convert("L"), 95),
     "hflip": (lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 95),
     "rot90": (lambda im: im.transpose(Image.Transpose.ROTATE_90), 95),
@@ -99,10 +73,7 @@ GEOMETRIC = ("hflip", "rot90")  # pHash is not invariant to these: left to the e
 def variant_bytes(img: Image.Image, name: str) -> bytes:
     """The variant ``name`` of a decoded RGB/L image, encoded as a JPEG copy-maker would save it."""
     edit, quality = VARIANTS[name]
-    out = edit(img)
-    buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    return encode_jpeg(edit(img), quality)
 
 
 def pipeline_phash(data: bytes, uri: str = "memory://x.jpg") -> str | None:
@@ -198,11 +169,6 @@ def recall_by_variant_table(orig: np.ndarray, variants: dict[str, np.ndarray]) -
 
 
 # ----------------------------------------------------------------------------- data sets
-_UKBENCH = re.compile(r"^(ukbench\d{5})")
-# checked by eye: the same UKBench photo as ukbench00120.jpg, saved with an alpha channel
-_SCENE_OVERRIDES = {"alpha_channel_image.png": "ukbench00120"}
-
-
 def ukbench_hashes(root: Path) -> tuple[list[str], list[str], np.ndarray]:
     """(relative paths, scene labels, pHashes) of the decodable images of imagededup-testdata."""
     rels, scenes, hashes = [], [], []
@@ -210,10 +176,9 @@ def ukbench_hashes(root: Path) -> tuple[list[str], list[str], np.ndarray]:
         phash = pipeline_phash(path.read_bytes(), str(path))
         if phash is None:
             continue
-        match = _UKBENCH.match(path.name)
-        rels.append(str(path.relative_to(root)))
         rel = str(path.relative_to(root))
-        scenes.append(_SCENE_OVERRIDES.get(rel, match.group(1) if match else rel))
+        rels.append(rel)
+        scenes.append(ukbench_scene(rel))
         hashes.append(phash)
     return rels, scenes, hex_to_uint64(hashes)[0]  # rejected files were skipped above
 
