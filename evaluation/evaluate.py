@@ -1,0 +1,158 @@
+"""Evaluate a checkpoint on a benchmark with its baselines in the same run (library, no Prefect).
+
+    bench = load_benchmark("cifar10", cfg.benchmark("cifar10"), cfg.cache_root())
+    result = evaluate_checkpoint("runs/s14/teacher_backbone.safetensors", bench, cfg)
+    result.document  # {"knn": ..., "linear": ..., "retrieval": ..., "random_init": {...}, "raw_pixels": {...}}
+
+Subjects: the checkpoint, the checkpoint a pretraining run started from (when given), the same
+architecture at random initialisation, and raw pixels. Each subject's features come from the cache
+when its key (content hash or baseline definition), the split's fingerprint and the transform match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluation.checkpoints import Subject, checkpoint_subject, pixels_subject, random_init_subject
+from evaluation.config import EvalConfig
+from evaluation.datasets import Benchmark, Split
+from evaluation.features import BackboneExtractor, Features, PixelExtractor, cached_features, extract
+from evaluation.protocols import ProtocolResult, headline, run_protocols
+
+BASELINES = ("start_checkpoint", "random_init", "raw_pixels")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other names as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@dataclass
+class SubjectOutcome:
+    subject: Subject
+    train: Features
+    test: Features
+    result: ProtocolResult
+    cache_hits: int  # 0..2 (train, test)
+
+
+@dataclass
+class EvaluationResult:
+    """``document``: the JSON of metrics; ``outcomes``: every subject's features and predictions."""
+
+    document: dict[str, Any]
+    outcomes: dict[str, SubjectOutcome] = field(default_factory=dict)
+
+    @property
+    def main(self) -> SubjectOutcome:
+        return self.outcomes["checkpoint"]
+
+
+def build_subjects(checkpoint: str, cfg: EvalConfig, start_checkpoint: str | None = None) -> list[Subject]:
+    """The checkpoint (strict load: a mismatch is a CheckpointError), then the enabled baselines."""
+    main = checkpoint_subject(checkpoint)
+    subjects = [main]
+    start = start_checkpoint or cfg.baselines.start_checkpoint
+    if start:
+        subjects.append(checkpoint_subject(start, name="start_checkpoint"))
+    if cfg.baselines.random_init:
+        subjects.append(random_init_subject(main.model, cfg.baselines.seed))  # type: ignore[arg-type]
+    if cfg.baselines.raw_pixels:
+        subjects.append(pixels_subject(cfg.baselines.raw_pixels_size))
+    return subjects
+
+
+def subject_features(
+    subject: Subject, split: Split, bench: Benchmark, cfg: EvalConfig, device: str
+) -> tuple[Features, bool]:
+    """``(features, cache hit)`` of one split for one subject."""
+    transform = bench.config.transform
+    if subject.model is not None:
+        extractor: Any = BackboneExtractor(subject.model, device)
+    else:
+        extractor = PixelExtractor(int(subject.info["size"]))
+
+    def compute() -> Features:
+        return extract(split, extractor, transform, cfg.batch_size, cfg.num_workers)
+
+    return cached_features(cfg.cache_root(), subject.key, split, transform, compute)
+
+
+def evaluate_subject(subject: Subject, bench: Benchmark, cfg: EvalConfig, device: str) -> SubjectOutcome:
+    train, hit_train = subject_features(subject, bench.train, bench, cfg, device)
+    test, hit_test = subject_features(subject, bench.test, bench, cfg, device)
+    result = run_protocols(train, test, cfg, len(bench.train.classes), bench.config.linear_features, device)
+    return SubjectOutcome(subject, train, test, result, int(hit_train) + int(hit_test))
+
+
+def benchmark_summary(bench: Benchmark, main: SubjectOutcome) -> dict[str, Any]:
+    """Sizes, classes, warnings and the skipped (undecodable) files of a benchmark."""
+    skipped = main.train.skipped + main.test.skipped
+    return {
+        "name": bench.name,
+        "train_root": str(bench.train.root),
+        "test_root": str(bench.test.root),
+        "classes": bench.class_names,
+        "n_train": len(main.train.labels),
+        "n_test": len(main.test.labels),
+        "skipped": {
+            "train": len(main.train.skipped),
+            "test": len(main.test.skipped),
+            "files": [{"path": p, "reason": r} for p, r in skipped[:50]],
+        },  # fmt: skip
+        "ignored_files": bench.train.ignored + bench.test.ignored,
+        "fingerprint": {"train": bench.train.fingerprint, "test": bench.test.fingerprint},
+        "transform": bench.config.transform.model_dump(mode="json"),
+        "warnings": list(bench.warnings),
+    }
+
+
+def metrics_document(
+    bench: Benchmark, outcomes: dict[str, SubjectOutcome], cfg: EvalConfig
+) -> dict[str, Any]:
+    """The metrics JSON: the checkpoint's protocols at the top level (``knn``, ``linear``,
+    ``retrieval``), each baseline's under its name (``random_init``, ``raw_pixels``,
+    ``start_checkpoint``), and ``summary``: one headline number per protocol and subject."""
+    main = outcomes["checkpoint"]
+    doc: dict[str, Any] = {
+        "checkpoint": {k: v for k, v in main.subject.info.items() if k != "arch"},
+        "benchmark": benchmark_summary(bench, main),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **main.result.metrics,
+    }
+    for name in BASELINES:
+        if name in outcomes:
+            doc[name] = outcomes[name].result.metrics
+    doc["summary"] = {name: headline(o.result.metrics) for name, o in outcomes.items()}
+    doc["settings"] = {
+        "knn": cfg.knn.model_dump(mode="json"),
+        "linear": cfg.linear.model_dump(mode="json"),
+        "retrieval": cfg.retrieval.model_dump(mode="json"),
+        "baselines": cfg.baselines.model_dump(mode="json"),
+    }
+    return doc
+
+
+def evaluate_checkpoint(
+    checkpoint: str, bench: Benchmark, cfg: EvalConfig, start_checkpoint: str | None = None
+) -> EvaluationResult:
+    """Every subject on every enabled protocol; see the module docstring."""
+    device = resolve_device(cfg.device)
+    outcomes = {
+        s.name: evaluate_subject(s, bench, cfg, device)
+        for s in build_subjects(checkpoint, cfg, start_checkpoint)
+    }
+    return EvaluationResult(metrics_document(bench, outcomes, cfg), outcomes)
+
+
+def misclassified(outcome: SubjectOutcome, protocol: str) -> np.ndarray:
+    """Positions (into the test features) of test images the protocol got wrong."""
+    pred = outcome.result.predictions[protocol]
+    return np.flatnonzero(pred != outcome.test.labels.numpy())
