@@ -156,3 +156,38 @@ def misclassified(outcome: SubjectOutcome, protocol: str) -> np.ndarray:
     """Positions (into the test features) of test images the protocol got wrong."""
     pred = outcome.result.predictions[protocol]
     return np.flatnonzero(pred != outcome.test.labels.numpy())
+
+
+def settings_key(doc: dict[str, Any]) -> str:
+    """A short hash of what makes two numbers comparable: transform and protocol settings."""
+    import hashlib
+    import json
+
+    what = {"transform": doc["benchmark"]["transform"], **doc["settings"]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def catalog_rows(doc: dict[str, Any], eval_id: str, run_id: str | None = None) -> list[dict[str, Any]]:
+    """One ``evaluations`` table row per (subject, protocol, metric) of a metrics document."""
+    import json
+
+    from evaluation.protocols import flat_metrics
+
+    bench = doc["benchmark"]
+    base = {
+        "eval_id": eval_id, "checkpoint": doc["checkpoint"].get("path"),
+        "checkpoint_sha256": doc["checkpoint"].get("sha256"), "model_id": doc["checkpoint"].get("model_id"),
+        "run_id": run_id, "benchmark": bench["name"], "settings_key": settings_key(doc),
+        "benchmark_fingerprint": f"{bench['fingerprint']['train'][:16]}:{bench['fingerprint']['test'][:16]}",
+        "n_train": bench["n_train"], "n_test": bench["n_test"],
+        "skipped": bench["skipped"]["train"] + bench["skipped"]["test"],
+        "config_json": json.dumps(doc["settings"], sort_keys=True),
+    }  # fmt: skip
+    rows = []
+    for subject in ("checkpoint", *BASELINES):
+        metrics = doc if subject == "checkpoint" else doc.get(subject)
+        if metrics is None:
+            continue
+        for protocol, metric, value in flat_metrics(metrics):
+            rows.append({**base, "subject": subject, "protocol": protocol, "metric": metric, "value": value})
+    return rows
