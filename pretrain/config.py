@@ -1,9 +1,13 @@
-"""The typed configuration tree of a DINOv2 pretraining run.
+"""The typed configuration tree of a pretraining run (DINOv2, or SSCD copy detection).
 
 Defaults follow the reference ``ssl_default_config.yaml`` of facebookresearch/dinov2 (a ViT-L/16
 short run, see /work/shared/REFERENCE.md); presets in ``pretrain/presets/*.yaml`` hold only the keys
 that differ, each commented. ``load_config("vitl14", ["train.epochs=10"])`` resolves a preset (or a
 YAML file path) plus ``a.b=value`` overrides into a validated :class:`TrainConfig`.
+
+``objective`` names the training objective (``pretrain/objectives.py``): ``dinov2`` (the default)
+uses ``heads``, ``loss``, ``crops`` and ``masking``; ``sscd`` (Pizzi et al. 2022, copy detection)
+uses the ``sscd`` section and ignores those four. ``model``, ``optim`` and ``train`` serve both.
 """
 
 from __future__ import annotations
@@ -145,7 +149,78 @@ class DebugConfig(_Strict):
     nan_at_step: int | None = None  # testing hook: the loss of step N (counted from 1) becomes NaN
 
 
+class EditsConfig(_Strict):
+    """The copy-detection edits of each SSCD view (``pretrain/edits.py``), applied in this order.
+
+    Each family has a probability ``*_p``; sizes are fractions of the view's side unless they say px.
+    Defaults: SSCD's "advanced" augmentation set (Pizzi et al. 2022, table 2; sscd/transforms/
+    settings.py) plus the edits of issue 11's hard pairs (borders, caption strips, small rotations).
+    """
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction (SSCD: 0.08-1)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio range
+    flip_p: float = 0.5  # horizontal flip
+    rotate90_p: float = 0.05  # a quarter, half or three-quarter turn (SSCD: 0.05)
+    rotate_p: float = 0.2  # a small rotation, corners filled with a solid colour
+    rotate_degrees: float = 10.0  # its angle, uniform in +-degrees
+    overlay_p: float = 0.1  # the view pasted, smaller, onto a generated background image
+    overlay_scale: tuple[float, float] = (0.4, 0.9)  # its side on the background (fraction)
+    border_p: float = 0.2  # solid-colour border/padding, each side its own width, resized back
+    border_width: tuple[float, float] = (0.0, 0.15)  # width of each side (fraction)
+    caption_p: float = 0.1  # a solid strip with text along the top or bottom edge
+    caption_height: tuple[float, float] = (0.08, 0.2)  # the strip's height (fraction)
+    text_p: float = 0.1  # a random text line over the image (SSCD: 0.1)
+    text_size: tuple[float, float] = (0.1, 0.3)  # font size (fraction; SSCD: 0.1-0.3)
+    emoji_p: float = 0.2  # an emoji-like shape over the image (SSCD: 0.2; drawn, no emoji font)
+    emoji_size: tuple[float, float] = (0.1, 0.5)  # its size (fraction; SSCD: 0.1-0.5)
+    overlay_opacity: tuple[float, float] = (0.4, 1.0)  # opacity of text and shapes
+    color_jitter_p: float = 0.8  # colour jitter (SSCD: 0.8)
+    color_jitter: tuple[float, float, float, float] = (
+        0.8,
+        0.8,
+        0.8,
+        0.2,
+    )  # brightness, contrast, saturation, hue
+    grayscale_p: float = 0.2  # grayscale (SSCD: 0.2)
+    blur_p: float = 0.5  # Gaussian blur (SSCD: 0.5)
+    blur_sigma: tuple[float, float] = (1.0, 5.0)  # its sigma in px of the view (SSCD: radius 1-5 at 224 px)
+    resize_p: float = 0.1  # resize down, then back up (detail lost)
+    resize_scale: tuple[float, float] = (0.25, 0.75)  # the intermediate side (fraction)
+    jpeg_p: float = 0.2  # JPEG recompression (SSCD: 0.2)
+    jpeg_quality: tuple[int, int] = (5, 95)  # its quality, uniform integers (SSCD: 0-100)
+
+    @model_validator(mode="after")
+    def _check(self) -> EditsConfig:
+        for name, value in self:
+            if name.endswith("_p") and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a probability, got {value}")
+            if isinstance(value, tuple) and len(value) == 2 and not value[0] <= value[1]:
+                raise ValueError(f"{name} must be (min, max) with min <= max, got {value}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
+            raise ValueError(f"jpeg_quality must lie in 1..100, got {self.jpeg_quality}")
+        return self
+
+
+class SSCDConfig(_Strict):
+    """SSCD copy-detection training (Pizzi et al. 2022, arXiv:2202.10261): InfoNCE over strongly
+    edited views plus a differential-entropy (KoLeo) term on a GeM-pooled, projected descriptor."""
+
+    views: int = Field(2, ge=2)  # edited views per image (SSCD: 2); positives are the other views
+    size: int = 224  # side of each view in px (SSCD trains at 224)
+    input_size: int | None = None  # side the exported descriptor resizes images to; None: size
+    dim: int = 512  # descriptor dimension (SSCD: 512)
+    pooling: Literal["cls", "gem", "cls_gem"] = "cls_gem"  # over the backbone's tokens (models/descriptor.py)
+    gem_p: float = Field(3.0, ge=1.0)  # GeM exponent (SSCD: 3)
+    temperature: float = Field(0.05, gt=0)  # InfoNCE temperature (SSCD: 0.05)
+    entropy_weight: float = Field(30.0, ge=0)  # weight of the KoLeo entropy term (SSCD: 30)
+    init_backbone: str | None = None  # backbone file (any layout) to start from; None: random init
+    edits: EditsConfig = Field(default_factory=EditsConfig)
+
+
 class TrainConfig(_Strict):
+    objective: Literal["dinov2", "sscd"] = "dinov2"  # pretrain/objectives.py OBJECTIVES
     model: ModelConfig = Field(default_factory=ModelConfig)
     heads: HeadsConfig = Field(default_factory=HeadsConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -155,15 +230,25 @@ class TrainConfig(_Strict):
     train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
     highres: HighResConfig = Field(default_factory=HighResConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
+    sscd: SSCDConfig = Field(default_factory=SSCDConfig)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        sizes = [self.crops.global_size, self.crops.local_size]
+        sizes = {"crops.global_size": self.crops.global_size, "crops.local_size": self.crops.local_size}
+        if self.objective == "sscd":
+            if self.highres.enabled:
+                raise ValueError("highres.enabled is a DINOv2 phase; objective sscd trains at sscd.size only")
+            sizes |= {"sscd.size": self.sscd.size, "sscd.input_size": self.sscd.input_size or self.sscd.size}
         if self.highres.enabled:
-            sizes += [self.highres.size, self.highres.local_size or self.crops.local_size]
-        for size in sizes:
+            sizes |= {
+                "highres.size": self.highres.size,
+                "highres.local_size": self.highres.local_size or self.crops.local_size,
+            }
+        for key, size in sizes.items():
             if size % self.model.patch_size:
-                raise ValueError(f"crop size {size} is not a multiple of patch size {self.model.patch_size}")
+                raise ValueError(
+                    f"crop size {size} ({key}) is not a multiple of patch size {self.model.patch_size}"
+                )
         return self
 
 
@@ -227,13 +312,19 @@ _ABSENT = "(absent)"
 
 
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    """``key: old -> new`` for each leaf where ``saved`` (a run's config.yaml tree) and ``config`` differ."""
+    """``key: old -> new`` for each leaf where ``saved`` (a run's config.yaml tree) and ``config`` differ.
+
+    A key the saved tree lacks is no difference while ``config`` holds its default: it was added to
+    the config after that run started, and its default keeps the behaviour the run had (``objective``
+    and ``sscd.*`` for runs from before the SSCD objective)."""
     old, new = flatten(saved), flatten(config.model_dump(mode="json"))
+    defaults = flatten(TrainConfig().model_dump(mode="json"))
     keys = sorted((set(old) | set(new)) - RESUME_FREE_KEYS)
     return [
         f"{key}: {old.get(key, _ABSENT)!r} -> {new.get(key, _ABSENT)!r}"
         for key in keys
         if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+        and not (key not in old and key in defaults and new.get(key) == defaults[key])
     ]
 
 
