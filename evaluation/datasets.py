@@ -189,8 +189,21 @@ def overlap_warnings(train: Split, test: Split) -> list[str]:
     return out
 
 
-def load_benchmark(name: str, config: BenchmarkConfig, cache_root: Path) -> Benchmark:
-    """List, split and fingerprint a benchmark; raise ValueError on an empty split or unknown class."""
+@dataclass(frozen=True)
+class Listing:
+    """A benchmark's files before fingerprinting (what :func:`list_benchmark` checked)."""
+
+    train_root: Path
+    test_root: Path
+    classes: list[str]
+    train_files: list[tuple[str, str]]
+    test_files: list[tuple[str, str]]
+    ignored: tuple[int, int]
+
+
+def list_benchmark(name: str, config: BenchmarkConfig, cache_root: Path) -> Listing:
+    """The benchmark's files per split (tars extracted), checked: 2+ train classes, no test class
+    missing from train, no empty split. Reads no image (a quick check before any work)."""
     train_root = resolve_source(config.train, cache_root)
     classes, train_files, ignored = list_image_folder(train_root)
     if config.test is not None:
@@ -208,11 +221,24 @@ def load_benchmark(name: str, config: BenchmarkConfig, cache_root: Path) -> Benc
         raise ValueError(
             f"benchmark {name!r}: the train split at {train_root} has {len(classes)} class folder(s); need 2 or more"
         )
-    train = make_split(train_root, classes, _per_class(train_files, config.train_per_class), ignored, "train")
-    test = make_split(test_root, classes, _per_class(test_files, config.test_per_class), test_ignored, "test")
-    warnings = overlap_warnings(train, test) if config.test is not None else []
-    if config.test is None:  # a held-out split shares the folder by construction; only bytes matter
+    train_files = _per_class(train_files, config.train_per_class)
+    test_files = _per_class(test_files, config.test_per_class)
+    for what, root, files in (("train", train_root, train_files), ("test", test_root, test_files)):
+        if not files:
+            raise ValueError(
+                f"{what} split at {root} is empty: no images in ImageFolder layout (ROOT/<class>/<image>)"
+            )
+    return Listing(train_root, test_root, classes, train_files, test_files, (ignored, test_ignored))
+
+
+def load_benchmark(name: str, config: BenchmarkConfig, cache_root: Path) -> Benchmark:
+    """List, check, split and fingerprint a benchmark (ValueError on an empty split or unknown class)."""
+    ls = list_benchmark(name, config, cache_root)
+    train = make_split(ls.train_root, ls.classes, ls.train_files, ls.ignored[0], "train")
+    test = make_split(ls.test_root, ls.classes, ls.test_files, ls.ignored[1], "test")
+    if config.test is not None:
+        warnings = overlap_warnings(train, test)
+    else:  # a held-out split shares the folder by construction; only bytes matter
         shared = len(set(train.digests) & set(test.digests))
-        if shared:
-            warnings.append(f"{shared} held-out test image(s) are byte-identical to train images")
-    return Benchmark(name, config, train, test, _class_names(train_root, classes), warnings)
+        warnings = [f"{shared} held-out test image(s) are byte-identical to train images"] if shared else []
+    return Benchmark(name, config, train, test, _class_names(ls.train_root, ls.classes), warnings)

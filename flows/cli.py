@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from flows.cli_dataset import dataset_app
+from flows.cli_evaluate import evaluate_command
 from flows.cli_model import model_app
 
 app = typer.Typer(
@@ -208,6 +209,7 @@ def catalog_export(
     typer.echo(f"wrote {rows} rows of {table} to {out}")
 
 
+app.command("evaluate")(evaluate_command)
 app.add_typer(model_app, name="model")
 app.add_typer(dataset_app, name="dataset")
 

@@ -15,6 +15,7 @@ from pydantic import Field, field_serializer, model_validator
 
 from curation.config import CurateConfig
 from data_catalog.settings import ConfigError, StrictModel, deep_merge, differences, key_error, read_yaml
+from evaluation.config import EvalConfig
 from pretrain.config import PRESETS_DIR, TrainConfig, load_config, preset_path
 
 
@@ -113,3 +114,4 @@ class PipelineConfig(StrictModel):
     curate: CurateConfig = Field(default_factory=CurateConfig)
     dataset: DatasetStageConfig = Field(default_factory=DatasetStageConfig)
     pretrain: PretrainStageConfig = Field(default_factory=PretrainStageConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)

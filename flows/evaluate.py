@@ -1,0 +1,172 @@
+"""The ``evaluate`` flow: a checkpoint and its baselines on a benchmark, reports, the catalog row.
+
+    load-benchmark -> load-subjects -> evaluate-<subject> x N -> write-reports -> record-evaluation
+
+The logic lives in ``evaluation/`` (plain functions); each task wraps one call. Results: a metrics
+JSON, PNGs and ``report.md`` in the report folder, a Prefect table artifact of every number (with
+its change against the previous evaluation of the benchmark when a catalog is given) and a markdown
+artifact with the pictures embedded as data URIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from data_catalog.catalog import Catalog
+from data_catalog.evaluations import record_evaluation
+from data_catalog.runs import get_run
+from evaluation.checkpoints import Subject
+from evaluation.config import BenchmarkConfig, EvalConfig
+from evaluation.datasets import Benchmark, load_benchmark
+from evaluation.evaluate import (
+    EvaluationResult,
+    SubjectOutcome,
+    build_subjects,
+    catalog_rows,
+    evaluate_subject,
+    metrics_document,
+    resolve_device,
+)
+from evaluation.reports import write_reports
+from evaluation.summary import change_rows, markdown_report, metric_rows
+from flows.artifacts import artifact_key, image_markdown, publish_markdown
+from pretrain.models.io_files import CheckpointError
+
+
+def resolve_checkpoint(spec: str, catalog: str | None) -> tuple[str, str | None]:
+    """``(path, run_id)``: an existing path as is; otherwise a run id of the catalog's ``runs``
+    table, whose exported teacher backbone (or run directory) is evaluated."""
+    if os.path.exists(spec):
+        return spec, None
+    if catalog is None:
+        raise CheckpointError(f"{spec}: no such file or directory (with --catalog, a run id names a run)")
+    try:
+        run = get_run(Catalog(catalog), spec)
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint {spec!r} is neither a path nor a run: {exc.args[0]}") from None
+    path = run.get("backbone_uri") or run.get("output_dir")
+    if not path:
+        raise CheckpointError(f"run {spec!r} has no exported backbone yet (status {run.get('status')})")
+    return str(path), spec
+
+
+@task(name="load-benchmark", cache_policy=NO_CACHE)
+def load_benchmark_task(name: str, bench_cfg: BenchmarkConfig, config: EvalConfig) -> Benchmark:
+    bench = load_benchmark(name, bench_cfg, config.cache_root())
+    logger = get_run_logger()
+    for warning in bench.warnings:
+        logger.warning("benchmark %s: %s", name, warning)
+    logger.info("%s: %d train, %d test images", name, len(bench.train.files), len(bench.test.files))
+    return bench
+
+
+@task(name="load-subjects", cache_policy=NO_CACHE)
+def load_subjects(checkpoint: str, config: EvalConfig, start_checkpoint: str | None) -> list[Subject]:
+    """The checkpoint, strictly loaded (a mismatch stops the flow here), and the baselines."""
+    return build_subjects(checkpoint, config, start_checkpoint)
+
+
+@task(name="evaluate-subject", cache_policy=NO_CACHE)
+def evaluate_subject_task(
+    subject: Subject, bench: Benchmark, config: EvalConfig, device: str
+) -> SubjectOutcome:
+    outcome = evaluate_subject(subject, bench, config, device)
+    skipped = len(outcome.train.skipped) + len(outcome.test.skipped)
+    get_run_logger().info(
+        "%s: %s (features from cache: %d of 2 splits; %d images skipped)",
+        subject.name, json.dumps(outcome.result.metrics, default=str)[:400], outcome.cache_hits, skipped,
+    )  # fmt: skip
+    return outcome
+
+
+@task(name="write-reports", cache_policy=NO_CACHE)
+def write_reports_task(
+    result: EvaluationResult, bench: Benchmark, out_dir: Path, config: EvalConfig
+) -> dict[str, str]:
+    return {name: str(path) for name, path in write_reports(result, bench, out_dir, config).items()}
+
+
+@task(name="record-evaluation", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record_task(catalog: str, rows: list[dict[str, Any]], tolerance: float) -> list[dict[str, Any]]:
+    """One commit of the ``evaluations`` table; returns the rows with their change and drop flag."""
+    return record_evaluation(Catalog(catalog), rows, tolerance)[1]
+
+
+def _eval_id() -> str:
+    run = flow_run.get_id()
+    return f"eval-{run}" if run else f"eval-{uuid.uuid4()}"
+
+
+def default_out_dir(catalog: str | None, eval_id: str) -> Path:
+    """``CATALOG/runs/<eval_id>`` (local catalogs), else ``./dinoflow-eval/<eval_id>``."""
+    if catalog is not None and Catalog(catalog).is_local:
+        return Path(Catalog(catalog).uri("runs", eval_id))
+    return Path("dinoflow-eval") / eval_id
+
+
+def publish(
+    doc: dict[str, Any], images: dict[str, str], written: list[dict[str, Any]] | None, out: Path
+) -> None:
+    """The table artifact, the markdown artifact (PNGs as data URIs) and ``report.md`` (links)."""
+    name = f"{doc['benchmark']['name']}-{doc['checkpoint'].get('model_id', 'model')}"
+    rows = change_rows(written) if written else metric_rows(doc)
+    create_table_artifact(table=rows, key=artifact_key(f"eval-{name}"), description=f"evaluation {name} (%)")
+    md = markdown_report(doc, images, lambda p, alt: image_markdown(Path(p), alt), written)
+    publish_markdown(f"eval-{name}-report", md, f"evaluation {name}")
+    rel = markdown_report(doc, images, lambda p, alt: f"![{alt}]({Path(p).name})\n", written)
+    (out / "report.md").write_text(rel)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(
+    checkpoint: str,
+    benchmark: str,
+    config: EvalConfig | None = None,
+    catalog: str | None = None,
+    run_id: str | None = None,
+    out_dir: str | None = None,
+    benchmark_config: BenchmarkConfig | None = None,
+    start_checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` (a path, or a run id of ``catalog``) on ``benchmark`` (a name of
+    ``config``'s registry, or ``benchmark_config`` for an ad-hoc set); returns the metrics document
+    with ``eval_id``, ``report_dir`` and ``drops`` added."""
+    config = config or EvalConfig()
+    path, found_run = resolve_checkpoint(checkpoint, catalog)
+    bench = load_benchmark_task(benchmark, benchmark_config or config.benchmark(benchmark), config)
+    subjects = load_subjects(path, config, start_checkpoint)
+    device = resolve_device(config.device)
+    outcomes = {s.name: evaluate_subject_task.with_options(name=f"evaluate-{s.name}")(s, bench, config, device)
+                for s in subjects}  # fmt: skip
+    doc = metrics_document(bench, outcomes, config)
+    eval_id = _eval_id()
+    out = Path(out_dir) if out_dir else default_out_dir(catalog, eval_id)
+    out.mkdir(parents=True, exist_ok=True)
+    images = (
+        write_reports_task(EvaluationResult(doc, outcomes), bench, out, config)
+        if config.report.enabled
+        else {}
+    )
+    written = None
+    if catalog is not None:
+        written = record_task(catalog, catalog_rows(doc, eval_id, run_id or found_run), config.drop_tolerance)
+    drops = [
+        f"{r['protocol']} {r['metric']}"
+        for r in written or []
+        if r["dropped"] and r["subject"] == "checkpoint"
+    ]
+    if drops:
+        get_run_logger().warning("dropped against the previous evaluation: %s", ", ".join(drops))
+    doc.update(eval_id=eval_id, report_dir=str(out), drops=drops, run_id=run_id or found_run)
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2))
+    publish(doc, images, written, out)
+    return doc
