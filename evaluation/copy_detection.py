@@ -52,7 +52,7 @@ from evaluation.copy_metrics import (
 
 __all__ = ["EDITS", "GROUPS", "Counts", "Edit", "OperatingPoint", "PoolItem", "copy_bytes", "generated_pool",
            "micro_average_precision", "operating_point", "pair_counts", "pair_indices", "pair_scores", "pair_type",
-           "positive_pairs", "source_ranks", "split_of", "split_photos", "ukbench_pool", "ukbench_scene"]  # fmt: skip
+           "positive_pairs", "source_ranks", "split_of", "split_photos", "UKBENCH_GROUPS", "ukbench_pool", "ukbench_scene"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- edits
@@ -233,6 +233,15 @@ def ukbench_edit(rel: str) -> str:
     if variant:
         return _UKBENCH_EDITS.get(variant.group(1), variant.group(1))
     return "original" if name.lower().endswith(".jpg") else "format"
+
+
+# UKBench's edits in the groups: the 300x300 squash, format changes and alpha keep every pixel's
+# place up to scale; flips, the ~30 degree rotation and grayscale are the hard ones
+UKBENCH_GROUPS: dict[str, tuple[str, ...]] = {
+    "exact": ("exact",),
+    "easy": ("format", "alpha", "resize"),
+    "hard": ("hflip", "rotation", "grayscale"),
+}
 
 
 def ukbench_pool(root: Path) -> list[PoolItem]:
