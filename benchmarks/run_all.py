@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "ingest": ["benchmarks.bench_ingest", "--repeats", "5"],
     "hashdedup": ["benchmarks.bench_hashdedup", "--radius", "6", "8"],
     "phash_radius": ["benchmarks.measure_phash_radius"],
+    "copy_detection": ["benchmarks.measure_copy_detection"],
     "shards": ["benchmarks.bench_shards", "--repeats", "3"],
     "catalog": ["benchmarks.bench_catalog"],
     "dedup_catalog": ["benchmarks.bench_dedup_catalog"],
