@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 from data_catalog.catalog import Catalog
 from data_catalog.evaluations import record_evaluation
 from data_catalog.runs import get_run
+from data_catalog.settings import ConfigError
 from evaluation.checkpoints import Subject
 from evaluation.config import BenchmarkConfig, EvalConfig
 from evaluation.datasets import Benchmark, load_benchmark
@@ -170,3 +171,28 @@ def evaluate(
     (out / "metrics.json").write_text(json.dumps(doc, indent=2))
     publish(doc, images, written, out)
     return doc
+
+
+def evaluate_run(catalog: str, run_dir: str, config: EvalConfig) -> list[dict[str, Any]]:
+    """The end of ``curate-and-pretrain``: the run's exported teacher on each of
+    ``config.run_benchmarks`` (one ``evaluate`` sub-flow each), recorded under the run's id."""
+    teacher = Path(run_dir) / "teacher_backbone.safetensors"
+    out = []
+    for name in config.run_benchmarks:
+        doc = evaluate(str(teacher), name, config, catalog=catalog, run_id=Path(run_dir).name)
+        out.append({k: doc[k] for k in ("eval_id", "report_dir", "summary", "drops")} | {"benchmark": name})
+    return out
+
+
+def check_run_benchmarks(config: EvalConfig) -> None:
+    """Before a pipeline run: each of ``run_benchmarks`` is known and its images exist (a
+    ConfigError naming the first that is not), so a typo does not surface after pretraining."""
+    from evaluation.config import expand_path
+
+    for name in config.run_benchmarks:
+        bench = config.benchmark(name)
+        for spec in (bench.train, bench.test):
+            if spec is not None and not os.path.exists(expand_path(spec)):
+                raise ConfigError(
+                    f"evaluate.run_benchmarks: benchmark {name!r} needs {expand_path(spec)}, not found"
+                )

@@ -78,3 +78,67 @@ def test_cli_adhoc_sets_write_the_metrics_json(prefect_harness: None, tmp_path: 
     assert doc["benchmark"]["n_train"] == 12 and doc["benchmark"]["n_test"] == 6
     assert (tmp_path / "report" / "confusion.png").is_file()
     assert "| linear |" in result.output
+
+
+def _tiny_eval(tmp_path: Path, size: int = 32) -> dict:  # type: ignore[type-arg]
+    train = make_image_folder(tmp_path / "bench-train", 2, 6)
+    test = make_image_folder(tmp_path / "bench-test", 2, 3, seed=3)
+    tiny = {
+        "train": str(train),
+        "test": str(test),
+        "transform": {"policy": "squash", "resize": size, "crop": None},
+    }
+    return {"enabled": True, "run_benchmarks": ["tiny"], "benchmarks": {"tiny": tiny},
+            "cache_dir": str(tmp_path / "cache"), "linear": {"c_steps": 3}, "report": {"projection": "pca"}}  # fmt: skip
+
+
+def test_a_pretraining_run_is_evaluated_under_its_run_id(prefect_harness: None, tmp_path: Path) -> None:
+    from evaluation.config import EvalConfig
+    from flows.evaluate import evaluate_run
+
+    run_dir = tmp_path / "runs" / "nette-v1-demo"
+    pico_checkpoint(run_dir / "teacher_backbone.safetensors")
+    cfg = EvalConfig.model_validate(_tiny_eval(tmp_path))
+    [summary] = evaluate_run(str(tmp_path / "catalog"), str(run_dir), cfg)
+    assert summary["benchmark"] == "tiny" and "checkpoint" in summary["summary"]
+    rows = read_evaluations(Catalog(str(tmp_path / "catalog"))).to_pylist()
+    assert rows and {r["run_id"] for r in rows} == {"nette-v1-demo"}
+
+
+def test_pipeline_checks_its_benchmarks_before_any_work(tmp_path: Path) -> None:
+    from data_catalog.settings import ConfigError
+    from evaluation.config import EvalConfig
+    from flows.evaluate import check_run_benchmarks
+
+    cfg = EvalConfig.model_validate({**_tiny_eval(tmp_path), "run_benchmarks": ["tiny", "mine"],
+                                     "benchmarks": {**_tiny_eval(tmp_path)["benchmarks"], "mine": {"train": "/nowhere", "holdout_fraction": 0.1}}})  # fmt: skip
+    with pytest.raises(ConfigError, match="benchmark 'mine' needs /nowhere, not found"):
+        check_run_benchmarks(cfg)
+
+
+@pytest.mark.slow
+def test_curate_and_pretrain_ends_with_the_evaluate_subflow(
+    prefect_harness: None, imagenette_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from flows.config import PipelineConfig
+    from flows.pipeline import curate_and_pretrain
+
+    source = tmp_path / "pool"
+    for cls in sorted(p for p in imagenette_dir.iterdir() if p.is_dir())[:2]:
+        (source / cls.name).mkdir(parents=True)
+        for img in sorted(cls.iterdir())[:12]:
+            shutil.copy(img, source / cls.name / img.name)
+    cfg = PipelineConfig.model_validate({
+        "catalog": str(tmp_path / "catalog"), "source": str(source), "dask_address": "sync",
+        "dataset": {"name": "nette"},
+        "pretrain": {"enabled": True, "preset": "demo", "max_steps": 2, "nproc_per_node": 1,
+                     "train": {"train": {"batch_size_per_device": 8, "num_workers": 0}}},
+        "evaluate": _tiny_eval(tmp_path, size=64),
+    })  # fmt: skip
+    result = curate_and_pretrain(cfg)
+    [evaluation] = result["evaluations"]
+    assert evaluation["benchmark"] == "tiny" and Path(evaluation["report_dir"], "metrics.json").is_file()
+    rows = read_evaluations(Catalog(cfg.catalog)).to_pylist()
+    assert {r["run_id"] for r in rows} == {Path(result["run_dir"]).name}
