@@ -1,4 +1,5 @@
-"""Batch the multi-crop samples and draw the iBOT masks (as DINOv2's ``collate_data_and_cast``).
+"""Batch the multi-crop samples and draw the iBOT masks (as DINOv2's ``collate_data_and_cast``);
+batch SSCD's edited views (:func:`collate_views`).
 
 Of the n_global x B global-crop images, ``int(n_global * B * mask_probability)`` get a mask; their
 mask ratios are spread over ``mask_ratio_tuple``: image i of them draws its ratio uniformly in the
@@ -104,3 +105,16 @@ def collate_data_and_cast(
         "upperbound": upperbound,
         "n_masked_patches": torch.full((1,), fill_value=mask_indices.shape[0], dtype=torch.long),
     }
+
+
+def collate_views(samples: Sequence[Any]) -> dict[str, Any]:
+    """SSCD samples ``{"views": [Tensor[3, S, S]] * V}`` -> ``{"collated_views": [V*B, 3, S, S]}``,
+    view-major (every image's view 0, then every image's view 1, ...), as the loss expects."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    items = [s[0] if isinstance(s, tuple | list) else s for s in samples]
+    if not all(isinstance(s, dict) and "views" in s for s in items):
+        raise ValueError(
+            "each sample must be a dict with a 'views' list (pretrain.edits.CopyEditAugmentation)"
+        )
+    return {"collated_views": _stack_crop_major(items, "views", torch.float32)}

@@ -218,7 +218,14 @@ def phase_crops(config: Any, phase: str) -> tuple[int, int, int]:
 
 
 def build_transform_and_collate(config: Any, phase: str) -> tuple[Callable, Callable]:
-    """The multi-crop augmentation and the masking collate of ``config`` for ``phase``."""
+    """The augmentation and collate of ``config``'s objective for ``phase`` (``pretrain.objectives``)."""
+    from pretrain.objectives import get_objective
+
+    return get_objective(config.objective).build_data(config, phase)
+
+
+def build_multicrop_data(config: Any, phase: str) -> tuple[Callable, Callable]:
+    """DINOv2's multi-crop augmentation and the masking collate of ``config`` for ``phase``."""
     from functools import partial
 
     from pretrain.augment import MultiCropAugmentation

@@ -4,7 +4,9 @@
 
 writes ``RUN/teacher_backbone.safetensors`` (dinoflow layout) and ``RUN/export/official/`` and
 ``RUN/export/hf/`` (the reference repository's and Hugging Face's layouts) from the newest (or the
-given) checkpoint. The trainer calls :func:`export_teacher` itself at the end of a run.
+given) checkpoint; a checkpoint of another objective (``sscd``) gets that objective's export
+(``RUN/copy_descriptor.safetensors``, ``pretrain/objectives.py``). The trainer exports itself at
+the end of a run.
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ def export_teacher(
     return out
 
 
+def checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict of a single-file checkpoint or a DCP directory (CPU tensors)."""
+    path = Path(path)
+    if path.suffix == ".dcp":
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        flat = path.with_suffix(".flat.pt")
+        dcp_to_torch_save(str(path), str(flat))
+        state = torch.load(flat, map_location="cpu", weights_only=False)["model"]
+        flat.unlink()
+        return state
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
 def teacher_from_checkpoint(path: str | Path) -> nn.Module:
     """The teacher backbone of a single-file checkpoint (or a DCP directory) as an nn.Module."""
     from pretrain.checkpoint import read_extras
@@ -72,15 +88,7 @@ def teacher_from_checkpoint(path: str | Path) -> nn.Module:
     path = Path(path)
     extras = read_extras(path)
     config = TrainConfig.model_validate(extras["config"])
-    if path.suffix == ".dcp":
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-        flat = path.with_suffix(".flat.pt")
-        dcp_to_torch_save(str(path), str(flat))
-        state = torch.load(flat, map_location="cpu", weights_only=False)["model"]
-        flat.unlink()
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    state = checkpoint_state(path)
     prefix = "teacher.backbone."
     backbone_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     grid = int(round((backbone_state["pos_embed"].shape[1] - 1) ** 0.5))
@@ -148,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         if found is None:
             raise SystemExit(f"no valid checkpoint under {args.run_dir}/checkpoints")
         path = found[0]
+    from pretrain.checkpoint import read_extras
+
+    if (read_extras(path).get("config") or {}).get("objective", "dinov2") != "dinov2":
+        from pretrain.objectives import export_from_checkpoint  # e.g. sscd: the copy descriptor
+
+        print(json.dumps(export_from_checkpoint(path, args.run_dir), indent=2))
+        return 0
     out = export_teacher(teacher_from_checkpoint(path), args.run_dir, tuple(args.layouts.split(",")))
     print(json.dumps(out, indent=2))
     return 0

@@ -160,6 +160,18 @@ class SSLModel(nn.Module):
         for t, s in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
             t.lerp_(s.detach(), 1.0 - momentum)
 
+    def backbones(self) -> list[nn.Module]:
+        """The ViTs the loop compiles block by block: the student's and the teacher's."""
+        return [self.student.backbone, self.teacher.backbone]
+
+    def fsdp_units(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(module, its backbone)`` pairs to shard with FSDP: student and teacher."""
+        return [(self.student, self.student.backbone), (self.teacher, self.teacher.backbone)]
+
+    def export_module(self) -> nn.Module:
+        """The module the run hands on: the teacher backbone."""
+        return self.teacher.backbone
+
 
 def sum_koleo(koleo: Callable[[Tensor], Tensor], cls_tokens: Tensor, n_crops: int) -> Tensor:
     """sum over crops c of koleo(cls_tokens of crop c) -> scalar; ``cls_tokens`` [n_crops*B, D], crop-major.

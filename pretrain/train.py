@@ -1,4 +1,5 @@
-"""DINOv2 pretraining entry point: 1 CPU, 1 GPU or N GPUs (``torchrun``), exact resume, high-res phase.
+"""Pretraining entry point (DINOv2, or SSCD copy detection): 1 CPU, 1 GPU or N GPUs (``torchrun``),
+exact resume, high-res phase.
 
     python -m pretrain.train --config demo --catalog CATALOG --dataset NAME[:VERSION] \\
         --output-dir RUN [--max-steps N] [--checkpoint-every N] [--set key=value ...]
@@ -6,8 +7,9 @@
 
 ``--dataset`` may also be the path of a shard index JSON (no catalog needed). The run directory gets
 ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per logged step), ``checkpoints/`` and, at
-the end, the teacher backbone (``teacher_backbone.safetensors`` plus official and Hugging Face
-layouts under ``export/``). Started again on a directory with checkpoints, it resumes from the
+the end, what the objective hands on (``pretrain/objectives.py``): for ``dinov2`` the teacher
+backbone (``teacher_backbone.safetensors`` plus official and Hugging Face layouts under ``export/``),
+for ``sscd`` the copy descriptor (``copy_descriptor.safetensors``). Started again on a directory with checkpoints, it resumes from the
 newest valid one: the losses continue step for step as if never interrupted. If the new config
 differs from the directory's ``config.yaml`` (bookkeeping keys aside: ``pretrain.config.RESUME_FREE_KEYS``)
 it stops before any work, listing the differing keys: pass ``--resume-anyway`` or a new directory.
@@ -36,18 +38,11 @@ from pretrain import checkpoint as ckpt
 from pretrain import distributed as D
 from pretrain.config import TrainConfig, config_differences, load_config, resume_conflict, save_config
 from pretrain.data import build_loader, derive_seed, open_dataset, seed_everything
-from pretrain.export import (
-    LAYOUT_PATHS,
-    export_teacher,
-    full_backbone,
-    register,
-    run_record,
-    teacher_from_checkpoint,
-)
-from pretrain.metrics import LOSS_KEYS, METRICS_FILE, append_metrics, metrics_line, truncate_metrics
+from pretrain.export import full_backbone, register, run_record
+from pretrain.metrics import METRICS_FILE, append_metrics, metrics_line, truncate_metrics
+from pretrain.objectives import get_objective
 from pretrain.optim import apply_schedule, build_optimizer, param_groups
 from pretrain.schedules import PhaseSchedule, phase_schedule, phases
-from pretrain.ssl import SSLModel, build_ssl_model
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,7 +73,7 @@ class RunLog:
 
     def record(self, step: int, phase: str, out: dict[str, Any], global_batch: int) -> None:
         """Average the losses over ranks (a collective) and write one line (rank 0)."""
-        keys = [k for k in LOSS_KEYS if k in out]
+        keys = ["loss", *out["terms"]]  # the weighted total, then the objective's unweighted terms
         means = D.all_reduce_mean(torch.stack([out[k].float() for k in keys])).tolist()
         now = time.perf_counter()
         rate = (step - self._clock_step) * global_batch / max(now - self._clock, 1e-9)
@@ -101,15 +96,18 @@ class RunLog:
         else:
             print(line, flush=True)
 
-    def export(self, model: SSLModel, config: TrainConfig) -> None:
-        """The teacher backbone in every layout (FSDP: gathered first, a collective)."""
+    def export(self, model: Any, config: TrainConfig) -> None:
+        """What the objective hands on, e.g. the teacher backbone in every layout (FSDP: gathered
+        first, a collective)."""
+        objective = get_objective(config.objective)
         template = None
         if config.train.fsdp and D.is_enabled():
-            template = build_ssl_model(config, config.crops.global_size).teacher.backbone
-        backbone = full_backbone(model.teacher.backbone, template)
-        if backbone is not None:
-            paths = export_teacher(backbone, self.run_dir)
-            print(f"exported teacher backbone: {json.dumps(paths)}", flush=True)
+            size = objective.image_size(config, "main")
+            template = objective.build_model(config, size).export_module()  # type: ignore[operator]
+        module = full_backbone(model.export_module(), template)
+        if module is not None:
+            paths = objective.export(module, self.run_dir)
+            print(f"exported {objective.what}: {json.dumps(paths)}", flush=True)
         D.barrier()
 
 
@@ -162,7 +160,7 @@ class Phase:
     first_step: int
     end_step: int
     schedule: PhaseSchedule
-    model: SSLModel
+    model: Any  # the objective's model (pretrain.objectives: student, losses, update_teacher, ...)
     optimizer: torch.optim.Optimizer
     student: Any  # the DDP-wrapped student, or the student itself
     extras: dict[str, Any] = field(default_factory=dict)
@@ -183,18 +181,19 @@ def build_phase(
     """Model, optimizer and DDP/FSDP wrapping of a phase; loads ``resume`` (pos_embed adapted)."""
     seed_everything(derive_seed(config.train.seed, 1234))  # same initial weights on every rank
     fsdp = config.train.fsdp and D.is_enabled()
-    size = config.highres.size if name == "highres" and not fsdp else config.crops.global_size
-    model = build_ssl_model(config, size).to(info.device)
+    objective = get_objective(config.objective)
+    size = objective.image_size(config, name if not fsdp else "main")  # FSDP: main-phase grid
+    model: Any = objective.build_model(config, size).to(info.device)
     model.train()
     student_vit: Any = model.student.backbone
-    teacher_vit: Any = model.teacher.backbone
     if config.train.compile:
-        for blk in [*student_vit.blocks, *teacher_vit.blocks]:
-            blk.compile()
+        for vit in model.backbones():
+            for blk in vit.blocks:
+                blk.compile()
     if fsdp:
         mp = torch.bfloat16 if info.device.type == "cuda" else None
-        D.shard_fsdp(model.student, list(student_vit.blocks), mp)
-        D.shard_fsdp(model.teacher, list(teacher_vit.blocks), mp)
+        for module, vit in model.fsdp_units():
+            D.shard_fsdp(module, list(vit.blocks), mp)
     groups = param_groups(
         model.student.named_parameters(),
         student_vit.n_blocks,
@@ -239,6 +238,7 @@ def train_step(
     return {
         "loss": total.detach(),
         **parts,
+        "terms": list(parts),
         "lr": values.lr,
         "wd": values.wd,
         "momentum": values.momentum,
@@ -319,10 +319,12 @@ def train(config: TrainConfig, args: argparse.Namespace, info: D.DistInfo, log: 
             config, name, shards, info.rank, info.world_size, step, stop, info.device.type == "cuda"
         )
         step = run_phase(config, phase, step, stop, iter(loader), log, info)
+    objective = get_objective(config.objective)
     if phase is not None:
         log.export(phase.model, config)
-    elif found and info.is_main and not (log.run_dir / LAYOUT_PATHS["dinoflow"]).exists():
-        export_teacher(teacher_from_checkpoint(found[0]), log.run_dir)  # killed between checkpoint and export
+    elif found and info.is_main and not (log.run_dir / objective.exported_file).exists():
+        # killed between the last checkpoint and the export
+        objective.export(objective.from_checkpoint(found[0]), log.run_dir)
     return step
 
 
