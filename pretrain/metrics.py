@@ -17,8 +17,10 @@ from typing import Any
 
 METRICS_PREFIX = "DINOFLOW_METRICS "
 METRICS_FILE = "metrics.jsonl"  # in the run directory
-# the weighted total, then its unweighted terms: loss = dino_weight*dino + ibot_weight*ibot + koleo_weight*koleo
-LOSS_KEYS = ("loss", "dino", "ibot", "koleo")
+# the weighted total, then its unweighted terms of either objective: for dinov2,
+# loss = dino_weight*dino + ibot_weight*ibot + koleo_weight*koleo; for sscd,
+# loss = infonce + sscd.entropy_weight*koleo (a record holds the terms of its own objective)
+LOSS_KEYS = ("loss", "dino", "ibot", "koleo", "infonce")
 
 
 class MetricsError(ValueError):
