@@ -143,6 +143,11 @@ class LinearConfig(StrictModel):
     c_min_power: float = Field(-6.0, description="Smallest C of the sweep, as a power of 10.")
     c_max_power: float = Field(5.0, description="Largest C of the sweep, as a power of 10.")
     c_steps: int = Field(45, ge=1, description="Number of C values, log-spaced (paper: 45).")
+    search: Literal["grid", "coarse_to_fine"] = Field(
+        "coarse_to_fine",
+        description="grid: fit every C (the paper); coarse_to_fine: every 4th C, then the 3 on either "
+        "side of the best (18 of 45 fits).",
+    )
     holdout_fraction: float = Field(
         0.1, gt=0.0, lt=1.0, description="Part of the train split that chooses C (paper: 10%)."
     )

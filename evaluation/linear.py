@@ -86,30 +86,44 @@ def torch_logreg_fit(
     init: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(W [K, D], b [K])`` minimising the module docstring's objective by full-batch L-BFGS
-    (strong Wolfe line search) on ``x``'s device and dtype. Divided by C * N, the objective is the
-    mean cross-entropy + ||W||^2 / (2 C N), which keeps the scale of the gradient tolerance."""
-    n, d = x.shape
-    w = torch.zeros(num_classes, d, dtype=x.dtype, device=x.device)
-    b = torch.zeros(num_classes, dtype=x.dtype, device=x.device)
-    if init is not None:
-        w, b = init[0].clone(), init[1].clone()
-    w.requires_grad_(True)
-    b.requires_grad_(True)
+    (strong Wolfe line search) on ``x``'s device and dtype.
+
+    Divided by C * N the objective is mean cross-entropy + reg * ||W||^2 with reg = 1 / (2 C N). It is
+    solved in whitened coordinates, an exact change of variables that leaves the optimum unchanged:
+    centre the features (the unpenalised bias absorbs the mean), rotate them onto the covariance's
+    eigenvectors U (orthogonal: ||W||^2 is unchanged) and scale direction j by s_j = sqrt(lambda_j +
+    8 reg), so that both the data term (curvature ~ lambda_j / 4) and the penalty (2 reg) are about
+    equally curved in every direction; frozen features are strongly correlated, and on raw features
+    L-BFGS needs hundreds of iterations where this needs tens.
+    """
+    n, _ = x.shape
     reg = 1.0 / (2.0 * c * n)
+    mu = x.mean(0)
+    xc = x - mu
+    evals, rot = torch.linalg.eigh(xc.T @ xc / n)
+    scale = (evals.clamp_min(0) + 8 * reg).sqrt()  # [D]
+    z = (xc @ rot) / scale  # [N, D] whitened features
+    v = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device)
+    c0 = torch.zeros(num_classes, dtype=x.dtype, device=x.device)
+    if init is not None:  # W = (V / s) U^T, b = c0 - W mu  <=>  V = W U s, c0 = b + W mu
+        v, c0 = (init[0] @ rot) * scale, init[1] + init[0] @ mu
+    v.requires_grad_(True)
+    c0.requires_grad_(True)
     opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
+        [v, c0], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
         history_size=20, line_search_fn="strong_wolfe",
     )  # fmt: skip
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(x @ w.T + b, y) + reg * (w * w).sum()
+        loss = F.cross_entropy(z @ v.T + c0, y) + reg * ((v / scale) ** 2).sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         opt.step(closure)
-    return w.detach(), b.detach()
+    w = (v.detach() / scale) @ rot.T
+    return w, c0.detach() - w @ mu
 
 
 def _torch_fit_model(
@@ -157,6 +171,45 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_hold:]), np.sort(order[:n_hold])
 
 
+def sweep_order(n: int, search: str, stride: int = 4) -> tuple[list[int], int]:
+    """Grid indices of the coarse pass (every ``stride``-th, and the last) and the stride; ``grid``
+    search is a coarse pass with stride 1."""
+    if search not in ("grid", "coarse_to_fine"):
+        raise ValueError(f"unknown C search {search!r}; valid: grid, coarse_to_fine")
+    step = 1 if search == "grid" else stride
+    coarse = list(range(0, n, step))
+    if coarse[-1] != n - 1:
+        coarse.append(n - 1)
+    return coarse, step
+
+
+def choose_c(
+    fit_one: Any, score: Any, grid: list[float], search: str = "coarse_to_fine"
+) -> tuple[int, dict[int, float], dict[int, LinearModel]]:
+    """``(best index, hold-out accuracy per evaluated index, models)`` over the ascending ``grid``.
+
+    ``grid``: every C (the paper's 45 fits). ``coarse_to_fine``: every 4th C, then every C within 3
+    steps of the best of those (18 fits of 45); both warm start each fit from the nearest smaller C
+    already fitted. Ties go to the smaller C (the more regularised model).
+    """
+    coarse, step = sweep_order(len(grid), search)
+    models: dict[int, LinearModel] = {}
+    val: dict[int, float] = {}
+
+    def visit(i: int) -> None:
+        below = [j for j in models if j < i]
+        models[i] = fit_one(grid[i], models[max(below)] if below else None)
+        val[i] = score(models[i])
+
+    for i in coarse:
+        visit(i)
+    best = max(val, key=lambda i: (val[i], -i))
+    for i in range(max(0, best - step + 1), min(len(grid), best + step)):
+        if i not in val:
+            visit(i)
+    return max(val, key=lambda i: (val[i], -i)), val, models
+
+
 def linear_probe(
     train_x: Tensor | np.ndarray,
     train_y: Tensor | np.ndarray,
@@ -169,8 +222,10 @@ def linear_probe(
     max_iter: int = 1000,
     tol: float = 1e-6,
     device: str = "cpu",
+    search: str = "coarse_to_fine",
 ) -> LinearResult:
-    """C chosen on a hold-out of the train split, refit on all of it, accuracy on the test split."""
+    """C chosen on a hold-out of the train split (:func:`choose_c`), refit on all of it (warm
+    started from the hold-out fit), accuracy on the test split."""
     xtr, ytr = np.asarray(train_x, dtype=np.float64), np.asarray(train_y)
     xte, yte = np.asarray(test_x, dtype=np.float64), np.asarray(test_y)
     if len(xtr) < 2 or len(xte) == 0:
@@ -179,12 +234,16 @@ def linear_probe(
         raise ValueError("linear probe needs at least 2 classes in the train split")
     backend = choose_backend(backend, xtr.shape[0], xtr.shape[1], device)
     fit_i, hold_i = holdout_split(len(xtr), holdout_fraction, seed)
-    val: dict[float, float] = {}
-    model = None
-    for c in sorted(grid):
-        model = fit(xtr[fit_i], ytr[fit_i], c, backend, max_iter, tol, device, init=model)
-        val[c] = float((model.predict(xtr[hold_i]) == ytr[hold_i]).mean())
-    best = max(val.items(), key=lambda kv: (kv[1], -kv[0]))[0]  # ties: the smaller C (more regular)
-    final = fit(xtr, ytr, best, backend, max_iter, tol, device)
+    grid = sorted(grid)
+
+    def fit_one(c: float, init: LinearModel | None) -> LinearModel:
+        return fit(xtr[fit_i], ytr[fit_i], c, backend, max_iter, tol, device, init=init)
+
+    def score(model: LinearModel) -> float:
+        return float((model.predict(xtr[hold_i]) == ytr[hold_i]).mean())
+
+    best, val, models = choose_c(fit_one, score, grid, search)
+    final = fit(xtr, ytr, grid[best], backend, max_iter, tol, device, init=models[best])
     pred = final.predict(xte)
-    return LinearResult(float((pred == yte).mean()), best, val, pred, backend)
+    return LinearResult(float((pred == yte).mean()), grid[best], {grid[i]: v for i, v in sorted(val.items())},
+                        pred, backend, {"fits": len(val) + 1, "search": search})  # fmt: skip

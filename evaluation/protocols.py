@@ -57,7 +57,7 @@ def run_protocols(
         lin = cfg.linear
         res = linear_probe(
             train.select(kind).numpy(), train.labels.numpy(), test.select(kind).numpy(), test.labels.numpy(),
-            lin.grid(), lin.holdout_fraction, lin.seed, lin.backend, lin.max_iter, lin.tol, device,
+            lin.grid(), lin.holdout_fraction, lin.seed, lin.backend, lin.max_iter, lin.tol, device, lin.search,
         )  # fmt: skip
         out.metrics["linear"] = {
             "top1": res.top1,
@@ -65,6 +65,8 @@ def run_protocols(
             "holdout_top1": max(res.val_top1.values()),
             "features": kind if train.patch_mean is not None else "pixels",
             "backend": res.backend,
+            "fits": res.extra["fits"],
+            "search": res.extra["search"],
         }
         out.predictions["linear"] = res.predictions
     if cfg.retrieval.enabled and cfg.retrieval.ks:

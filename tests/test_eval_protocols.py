@@ -60,7 +60,7 @@ def test_linear_probe_matches_direct_sklearn_protocol(backend: str) -> None:
     xte, yte = blobs(120, seed=4)
     best, pred, acc = _reference_probe(xtr, ytr, xte, yte, GRID, 0.2, 0)
     res = linear_probe(xtr, ytr, xte, yte, GRID, holdout_fraction=0.2, seed=0, backend=backend, tol=1e-10,
-                       max_iter=5000)  # fmt: skip
+                       max_iter=5000, search="grid")  # fmt: skip
     assert res.c == best
     assert (res.predictions == pred).mean() >= 0.99
     assert res.top1 == pytest.approx(acc, abs=0.01)
@@ -118,3 +118,36 @@ def test_bad_probe_input_is_a_clear_error() -> None:
         linear_probe(x, np.zeros(20, dtype=int), x, y, GRID)
     with pytest.raises(ValueError, match=">= 1 test"):
         linear_probe(x, y, x[:0], y[:0], GRID)
+
+
+def test_coarse_to_fine_finds_the_peak_of_a_unimodal_curve_in_18_fits() -> None:
+    from evaluation.linear import choose_c
+
+    grid = [10.0 ** (-6 + 11 * i / 44) for i in range(45)]
+    for peak in (0, 7, 22, 41, 44):
+        fitted: list[float] = []
+
+        def fit_one(c: float, init: object, fitted: list[float] = fitted) -> float:
+            fitted.append(c)
+            return c
+
+        def score(c: float, peak: int = peak) -> float:
+            return -abs(grid.index(c) - peak)
+
+        best, val, _ = choose_c(fit_one, score, grid, "coarse_to_fine")
+        assert best == peak and len(fitted) <= 18 and fitted[:12] == sorted(fitted[:12])
+        assert choose_c(fit_one, score, grid, "grid")[0] == peak
+
+
+def test_sweep_warm_starts_from_the_nearest_smaller_c() -> None:
+    from evaluation.linear import choose_c
+
+    grid = [0.1, 1.0, 10.0, 100.0, 1000.0, 1e4]
+    inits: dict[float, object] = {}
+
+    def fit_one(c: float, init: object) -> float:
+        inits[c] = init
+        return c
+
+    choose_c(fit_one, lambda c: -abs(c - 100.0), grid, "coarse_to_fine")
+    assert inits[0.1] is None and inits[1e4] == 1000.0 and inits[100.0] == 10.0
