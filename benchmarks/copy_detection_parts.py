@@ -44,7 +44,9 @@ class Pool:
         self.pos_types = np.array([pair_type(edits[a], edits[b]) for a, b in
                                    zip(self.i[self.pos_index], self.j[self.pos_index], strict=True)])  # fmt: skip
         seen = list(dict.fromkeys(self.pos_types.tolist()))
+        singles = set(edits) | {"exact"}  # pair types of one copy with an original (not copy~copy)
         self.edit_names = [e for e in EDITS if e in seen] + sorted(e for e in seen if e not in EDITS)
+        self.single_edits = [e for e in self.edit_names if e in singles]
         self._features: dict[int, LocalFeatures] = {}
         self._matches: dict[tuple[int, int], GeometricMatch] = {}
 
@@ -60,7 +62,9 @@ class Pool:
         """Per edit group: the fraction of copies whose original is among their k nearest images."""
         index = {it.source: n for n, it in enumerate(self.items) if it.edit == "original"}
         copies = np.array([n for n, it in enumerate(self.items) if it.edit != "original"])
-        ranks = source_ranks(sim, copies, np.array([index[self.items[c].source] for c in copies]))
+        targets = np.array([index[self.items[c].source] for c in copies])
+        sources = np.array([it.source for it in self.items])
+        ranks = source_ranks(sim, copies, targets, sources)  # among images of other photos
         groups = np.array([EDITS[self.items[c].edit].group for c in copies])
         return {g: {str(k): float((ranks[groups == g] < k).mean()) for k in ks}
                 for g in GROUPS if (groups == g).any()}  # fmt: skip
@@ -177,7 +181,7 @@ def _best_of(fn: Any, rounds: int) -> float:
     return best
 
 
-def throughput(descs: list[tuple[str, Descriptor]], pool: Pool, n: int = 64, rounds: int = 5) -> str:
+def throughput(descs: list[tuple[str, Descriptor]], pool: Pool, n: int = 128, rounds: int = 10) -> str:
     """Markdown: images/s on one thread of each descriptor, of its bare backbone forward pass (the
     ViT's class token, no pooling or projection) on the same preprocessed batch, and of decode + resize."""
     threads = torch.get_num_threads()
@@ -186,6 +190,7 @@ def throughput(descs: list[tuple[str, Descriptor]], pool: Pool, n: int = 64, rou
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     try:
         items = pool.items[:n]
+        n = len(items)
         for label, desc in descs:
             prep = _best_of(lambda d=desc: [d.preprocess(open_image(it.data)) for it in items], 2)
             x = torch.stack([desc.preprocess(open_image(it.data)) for it in items])

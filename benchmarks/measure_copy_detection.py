@@ -16,7 +16,7 @@ by default the shipped ``assets/bootstrap-backbone/`` class token and a random i
    with (min inliers, min spread) chosen on calibration for precision >= 0.99; predicted = pairs above
    the descriptor's own threshold, plus verified candidates;
 5. **throughput**: descriptor images/s on one core (``torch.set_num_threads(1)``) against the bare
-   backbone forward pass on the same preprocessed images, best of 5 alternating rounds.
+   backbone forward pass on the same preprocessed images, best of 10 alternating rounds on 128 images.
 
     .venv/bin/python -m benchmarks.measure_copy_detection [--descriptor PATH ...] [--photos N]
         [--no-baselines] [--random-init] [--no-geometric]
@@ -105,7 +105,6 @@ def summary_table(rows: list[dict[str, Any]], pool: str) -> str:
 
 
 def edit_table(rows: list[dict[str, Any]], pool: str, names: list[str]) -> str:
-    names = [n for n in names if "+" not in n]
     lines = ["| detector | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for r in rows:
         edits = r["pools"][pool]["edits"]
@@ -136,9 +135,9 @@ def report(
     ]
     for pool in pools:
         out += [f"## {pool}\n", summary_table(rows, pool), "", "Recall per edit (copy vs. its original):\n",
-                edit_table(rows, pool, pools[pool].edit_names), ""]  # fmt: skip
+                edit_table(rows, pool, pools[pool].single_edits), ""]  # fmt: skip
         if pools[pool].generated:
-            out += ["Nearest neighbours: the original among a copy's k nearest images of the pool:\n",
+            out += ["Nearest neighbours: the original among a copy's k nearest images of other photos:\n",
                     rank_table([r for r in rows if "ranks" in r["pools"][pool]], pool), ""]  # fmt: skip
     return "\n".join(out + extra) + "\n"
 

@@ -127,12 +127,20 @@ def micro_average_precision(
     return float(precision[y].sum() / npos)
 
 
-def source_ranks(sim: np.ndarray, queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def source_ranks(
+    sim: np.ndarray, queries: np.ndarray, targets: np.ndarray, groups: np.ndarray | None = None
+) -> np.ndarray:
     """For each query item q (index into the [N, N] similarity matrix) and its target t: how many other
     items (neither q nor t) score at least ``sim[q, t]`` against q. 0 means t is q's nearest neighbour;
-    ties count against the target (as DISC21's ``find_tp_ranks``). Int [Q]."""
+    ties count against the target (as DISC21's ``find_tp_ranks``). ``groups`` [N]: items sharing q's
+    group are not counted (other copies of the same photo are no distractors). Int [Q]."""
     sim = np.asarray(sim)
-    rows = sim[queries]  # [Q, N]
-    own = rows[np.arange(len(queries)), targets]
-    ahead = (rows >= own[:, None]).sum(axis=1)
-    return ahead - 1 - (rows[np.arange(len(queries)), queries] >= own)  # minus t itself and q itself
+    rows = sim[queries].copy()  # [Q, N]
+    q = np.arange(len(queries))
+    own = rows[q, targets]
+    rows[q, queries] = -np.inf
+    rows[q, targets] = -np.inf
+    if groups is not None:
+        groups = np.asarray(groups)
+        rows[groups[queries][:, None] == groups[None, :]] = -np.inf
+    return (rows >= own[:, None]).sum(axis=1)

@@ -139,3 +139,11 @@ def test_source_ranks_equal_counting_by_hand() -> None:
     # a duplicate of the target (a tie) counts against it
     sim2 = np.array([[1.0, 0.5, 0.5], [0.5, 1.0, 0.2], [0.5, 0.2, 1.0]])
     assert source_ranks(sim2, np.array([0]), np.array([1])).tolist() == [1]
+    # unless the tie is in the query's own group (another copy of the same photo)
+    groups = np.array(["a", "a", "a"])
+    assert source_ranks(sim2, np.array([0]), np.array([1]), groups).tolist() == [0]
+    groups = np.arange(12) // 3
+    ranks = source_ranks(sim, queries, targets, groups)
+    for q, t, r in zip(queries, targets, ranks, strict=True):
+        others = [k for k in range(12) if k not in (q, t) and groups[k] != groups[q]]
+        assert r == sum(sim[q, k] >= sim[q, t] for k in others)

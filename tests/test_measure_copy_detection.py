@@ -32,6 +32,10 @@ def test_evaluate_counts_recall_per_edit_and_group() -> None:
     assert res["edits"]["hflip+resize_50"] == 0.0
     assert res["groups"] == {"easy": 1.0, "hard": 0.5}  # copy~copy pairs belong to no group
     assert 0 < res["micro_ap"] < 1
+    # the per-edit table lists single edits only, "+" in a name or not
+    two = Pool([PoolItem(e, "a", e, b"") for e in ("original", "brightness_+30", "crop_85")], generated=True)
+    assert two.single_edits == ["brightness_+30", "crop_85"]
+    assert two.edit_names == ["brightness_+30", "crop_85", "brightness_+30+crop_85"]
 
 
 @pytest.mark.slow
