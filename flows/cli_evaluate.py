@@ -52,6 +52,22 @@ def adhoc_benchmark(train: str, test: str, resize: int | None, crop: int | None,
     return validate(BenchmarkConfig, {"train": train, "test": test, "transform": transform}, "--train/--test")
 
 
+def choose_benchmark(cfg: Any, benchmark: str | None, train: str | None, test: str | None,
+                     resize: int | None, crop: int | None, policy: str | None) -> tuple[str, Any]:  # fmt: skip
+    """``(name, BenchmarkConfig)``: a registered name, or the ad-hoc ``--train``/``--test`` pair."""
+    from data_catalog.settings import ConfigError
+
+    if (benchmark is None) == (train is None and test is None):
+        raise ConfigError("pass either --benchmark NAME or both --train and --test")
+    if benchmark is not None:
+        return benchmark, cfg.benchmark(benchmark)
+    if train is None or test is None:
+        raise ConfigError(
+            "an ad-hoc benchmark needs both --train and --test (ImageFolder directories or tars)"
+        )
+    return "adhoc", adhoc_benchmark(train, test, resize, crop, policy)
+
+
 def preflight(
     checkpoint: str, start: str | None, name: str, bench: Any, cfg: Any, catalog: str | None
 ) -> str:
@@ -112,16 +128,7 @@ def evaluate_command(
 
     with user_errors():
         cfg, catalog = load_settings(config, overrides, catalog)
-        if (benchmark is None) == (train is None and test is None):
-            raise ConfigError("pass either --benchmark NAME or both --train and --test")
-        if benchmark is None and (train is None or test is None):
-            raise ConfigError(
-                "an ad-hoc benchmark needs both --train and --test (ImageFolder directories or tars)"
-            )
-        name = benchmark or "adhoc"
-        bench = (
-            cfg.benchmark(name) if benchmark else adhoc_benchmark(str(train), str(test), resize, crop, policy)
-        )
+        name, bench = choose_benchmark(cfg, benchmark, train, test, resize, crop, policy)
         try:
             preflight(checkpoint, start_checkpoint, name, bench, cfg, catalog)
         except ConfigError:
