@@ -161,3 +161,16 @@ def test_two_processes_under_torchrun_train_and_export(index: Path, tmp_path: Pa
     assert state["data"]["world_size"] == 2 and len(state["rng"]) == 2
     assert all(torch.isfinite(torch.tensor(v)).all() for v in _losses(out).values())
     assert (out / "copy_descriptor.safetensors").exists()
+    # FSDP2: the same data, initial weights and math as DDP; the descriptor is gathered for export
+    sharded = tmp_path / "fsdp"
+    done = train_cli(["--dataset", str(index), "--output-dir", str(sharded), "--max-steps", "3"],
+                     [*TINY, "train.num_workers=0", "train.checkpoint_every=3", "train.fsdp=true"], launcher)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (sharded / "checkpoints" / "step_00000003.dcp").is_dir()
+    for step, values in _losses(out).items():
+        assert _losses(sharded)[step] == pytest.approx(values, rel=1e-4, abs=1e-5)
+    from pretrain.models.descriptor import load_descriptor_file
+
+    x = torch.randn(2, 3, 32, 32)
+    a, b = load_descriptor_file(out), load_descriptor_file(sharded)
+    torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)
