@@ -79,17 +79,38 @@ def build_descriptor(config: TrainConfig, pretrained: bool = True) -> CopyDescri
     return CopyDescriptor(backbone, s.dim, s.pooling, s.gem_p, s.input_size or s.size)
 
 
+def fold_layerscale(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict without LayerScale that computes the same function: each block's ``ls1.gamma``
+    (``ls2.gamma``) scales the rows of the layer before it, ``attn.proj`` (``mlp.fc2`` or ``mlp.w3``):
+    ``gamma * (W x + b) = (diag(gamma) W) x + gamma * b``."""
+    out = {k: v for k, v in state.items() if not k.endswith((".ls1.gamma", ".ls2.gamma"))}
+    for key, gamma in state.items():
+        if not key.endswith((".ls1.gamma", ".ls2.gamma")):
+            continue
+        block = key.rsplit(".", 2)[0]
+        layers = ["attn.proj"] if key.endswith("ls1.gamma") else ["mlp.fc2", "mlp.w3"]
+        layer = next(f"{block}.{name}" for name in layers if f"{block}.{name}.weight" in state)
+        out[f"{layer}.weight"] = state[f"{layer}.weight"] * gamma.view(-1, 1)
+        if f"{layer}.bias" in state:
+            out[f"{layer}.bias"] = state[f"{layer}.bias"] * gamma
+    return out
+
+
 def init_from_backbone(backbone: DinoVisionTransformer, path: str | Path) -> None:
     """Load the backbone file at ``path`` (any layout ``pretrain.models.io`` reads) into ``backbone``:
-    strict, position embeddings resized to its grid; a mismatch is a one-line CheckpointError."""
+    strict, position embeddings resized to its grid, LayerScale folded into the weights when
+    ``backbone`` has none (``model.layerscale=0``); a mismatch is a one-line CheckpointError."""
     from pretrain.models.io import CheckpointError, load_state_strict, read_checkpoint, resize_pos_embed
 
     _, state, _ = read_checkpoint(path)
+    state = {k: v.float() for k, v in state.items()}
     grid = backbone.pos_embed.shape[1] - 1
     if state.get("pos_embed") is not None and state["pos_embed"].shape[1] - 1 != grid:
         state = resize_pos_embed(state, int(round(grid**0.5)))
+    if not any(k.endswith("ls1.gamma") for k in backbone.state_dict()):
+        state = fold_layerscale(state)
     try:
-        load_state_strict(backbone, {k: v.float() for k, v in state.items()})
+        load_state_strict(backbone, state)
     except CheckpointError as exc:
         raise CheckpointError(
             f"sscd.init_backbone {str(path)!r} does not fit model.* of this config ({exc})"

@@ -117,6 +117,11 @@ def test_backbone_initialised_from_the_shipped_bootstrap_backbone() -> None:
     assert not torch.equal(
         build_descriptor(cfg, pretrained=False).backbone.cls_token, model.backbone.cls_token
     )
+    # without LayerScale in this config, the shipped gammas are folded in: the same features
+    folded = build_descriptor(load_config("sscd-demo", [f"sscd.init_backbone={asset}", "model.layerscale=0"]))
+    assert not any("gamma" in k for k in folded.backbone.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(folded.backbone(x), shipped.float()(x), rtol=1e-4, atol=1e-4)
     # at another view size the position embeddings are resized; another width is a one-line error
     assert (
         build_descriptor(load_config("sscd-demo", [f"sscd.init_backbone={asset}", "sscd.size=96"])).input_size
