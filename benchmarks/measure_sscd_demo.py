@@ -145,6 +145,25 @@ def recall_at_1(
     return float(((q @ refs.t()).argmax(dim=1) == labels).float().mean())
 
 
+def train_run(args: argparse.Namespace, train_files: list[Path]) -> tuple[list[dict], torch.nn.Module, float]:
+    """``python -m pretrain.train`` on ``train_files``: (metrics rows, exported descriptor, wall s)."""
+    from pretrain.models.descriptor import load_descriptor_file
+    from pretrain.sscd import DESCRIPTOR_FILE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        index = write_shards(train_files, Path(tmp) / "shards")
+        run = Path(args.run_dir or Path(tmp) / "run")
+        cmd = [sys.executable, "-m", "pretrain.train", "--config", args.config, "--dataset", str(index),
+               "--output-dir", str(run), "--max-steps", str(args.steps)]  # fmt: skip
+        for item in args.overrides:
+            cmd += ["--set", item]
+        start = time.perf_counter()
+        subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        wall = time.perf_counter() - start
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return rows, load_descriptor_file(run / DESCRIPTOR_FILE), wall
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=300)
@@ -157,49 +176,26 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from pretrain.config import load_config
-    from pretrain.models.descriptor import load_descriptor_file
-    from pretrain.sscd import DESCRIPTOR_FILE, build_descriptor
+    from pretrain.sscd import build_descriptor
 
     shared = Path(os.environ.get("DINOFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
     files = sorted((shared / "raw-photos" / "images").glob("*"))
-    train_files, held_out = files[: args.train], files[args.train :][: args.held_out]
+    held_out = files[args.train :][: args.held_out]
     config = load_config(args.config, args.overrides)
-    with tempfile.TemporaryDirectory() as tmp:
-        index = write_shards(train_files, Path(tmp) / "shards")
-        run = Path(args.run_dir or Path(tmp) / "run")
-        cmd = [sys.executable, "-m", "pretrain.train", "--config", args.config, "--dataset", str(index),
-               "--output-dir", str(run), "--max-steps", str(args.steps)]  # fmt: skip
-        for item in args.overrides:
-            cmd += ["--set", item]
-        start = time.perf_counter()
-        subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        wall = time.perf_counter() - start
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        trained = load_descriptor_file(run / DESCRIPTOR_FILE)
+    rows, trained, wall = train_run(args, files[: args.train])
     torch.manual_seed(0)
-    random_init = build_descriptor(config, pretrained=False)
-    originals, queries, labels = originals_and_queries(
-        held_out, config.sscd.size, args.queries, config.sscd.edits.model_dump()
-    )
-    later = rows[len(rows) // 2 :]  # the trainer's own rate, after the start-up
+    models = {"trained": trained, "random_init": build_descriptor(config, pretrained=False)}
     size = config.sscd.input_size or config.sscd.size
-    result = {
-        "steps": args.steps,
-        "held_out": len(held_out),
-        "queries": len(labels),
-        "recall_at_1_trained": recall_at_1(trained, originals, queries, labels),
-        "recall_at_1_random_init": recall_at_1(random_init, originals, queries, labels),
-        "planted_trained": planted_recall(trained, held_out, size),
-        "planted_random_init": planted_recall(random_init, held_out, size),
-        "first_loss": rows[0]["loss"],
-        "last_loss": rows[-1]["loss"],
-        "images_per_s": sum(r["images_per_s"] for r in later) / len(later),
-        "steps_per_s": sum(r["images_per_s"] for r in later)
-        / len(later)
-        / config.train.batch_size_per_device,
-        "wall_s": wall,
-        "overrides": args.overrides,
-    }
+    queries = originals_and_queries(held_out, size, args.queries, config.sscd.edits.model_dump())
+    later = rows[len(rows) // 2 :]  # the trainer's own rate, after the start-up
+    rate = sum(r["images_per_s"] for r in later) / len(later)
+    result: dict = {"steps": args.steps, "held_out": len(held_out), "queries": len(queries[2])}
+    for name, model in models.items():
+        result[f"recall_at_1_{name}"] = recall_at_1(model, *queries)
+        result[f"planted_{name}"] = planted_recall(model, held_out, size)
+    result |= {"first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"], "images_per_s": rate,
+               "steps_per_s": rate / config.train.batch_size_per_device, "wall_s": wall,
+               "overrides": args.overrides}  # fmt: skip
     print(json.dumps(result))
     return 0
 
