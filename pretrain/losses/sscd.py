@@ -108,14 +108,10 @@ def view_entropy(x: Tensor, ids: Tensor, n_views: int, eps: float = 1e-8) -> Ten
     ``x`` [V*B, D] view-major, ``ids`` [V*B]."""
     terms = []
     for rows, row_ids in zip(x.chunk(n_views), ids.chunk(n_views), strict=True):
-        first = torch.zeros(row_ids.shape[0], dtype=torch.bool, device=row_ids.device)
-        _, inverse = torch.unique(row_ids, return_inverse=True)
-        seen: set[int] = set()
-        for i, u in enumerate(inverse.tolist()):  # the first row of each instance, in batch order
-            if u not in seen:
-                seen.add(u)
-                first[i] = True
-        terms.append(koleo_loss(rows[first], eps))
+        first: dict[int, int] = {}  # instance id -> its first row, in batch order
+        for i, k in enumerate(row_ids.tolist()):
+            first.setdefault(k, i)
+        terms.append(koleo_loss(rows[list(first.values())], eps))
     return torch.stack(terms).mean()
 
 
