@@ -11,7 +11,11 @@ ViT, :class:`CopyDescriptor` offers three poolings (``POOLINGS``):
 Why ``cls_gem``: copy detection must survive tight crops and overlays, where a pooled summary of
 local evidence (the patches still visible) says more than one global token, while the class token
 attends to the whole image and carries the layout; the projection learns how to weigh them and
-costs 2 x width x dim parameters more. The short runs in ``tests/test_sscd_train.py`` compare them.
+costs 2 x width x dim parameters more. Measured (80 steps of sscd-demo at 32 px on 100 Imagenette
+photos, recall@1 of 40 held-out photos' edits, before -> after training; 360 planted edits /
+160 training-family edits): cls 0.675 -> 0.717 / 0.162 -> 0.200, gem 0.656 -> 0.772 /
+0.138 -> 0.175, cls_gem 0.722 -> 0.769 / 0.138 -> 0.225. The class token alone learns least on
+crops and flips; the concatenation is best or tied on both sets (a few points of noise: 40 photos).
 
 GeM on signed tokens: SSCD's GeM runs on post-ReLU (non-negative) features and clamps at 1e-6. ViT
 tokens leave a LayerNorm and are signed; clamping would zero half of them. We take the power mean
