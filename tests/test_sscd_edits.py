@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,7 +22,9 @@ from pretrain.edits import (
 )
 
 # every family off, crops of the whole image: the view is the photo resized
-OFF = {name: 0.0 for name in EditsConfig.model_fields if name.endswith("_p")} | {"crop_scale": (1.0, 1.0)}
+OFF: dict[str, Any] = {name: 0.0 for name in EditsConfig.model_fields if name.endswith("_p")} | {
+    "crop_scale": (1.0, 1.0)
+}
 FAMILIES = [name for name in EditsConfig.model_fields if name.endswith("_p")]
 
 
