@@ -209,6 +209,27 @@ def loss_terms(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def curve(args: argparse.Namespace, run_dir: Path, size: int) -> list[dict[str, Any]]:
+    """kNN of the teacher at each kept checkpoint step listed in ``--curve`` (accuracy against
+    training time within one run: its schedules are those of the whole run, not of a shorter one)."""
+    from pretrain.checkpoint import list_checkpoints
+    from pretrain.export import teacher_from_checkpoint
+
+    data, wanted = shared_data(), set(args.curve)
+    points = []
+    for step, path in list_checkpoints(run_dir / "checkpoints"):
+        if step not in wanted:
+            continue
+        accuracy = knn(teacher_from_checkpoint(path), data, args.workdir, size, args.bank_per_class,
+                       args.test_per_class)  # fmt: skip
+        points.append({"step": step, "knn": accuracy})
+        print(json.dumps({"curve_step": step, "knn": accuracy}), flush=True)
+    missing = wanted - {p["step"] for p in points}
+    if missing:
+        print(f"warning: no checkpoint kept for --curve steps {sorted(missing)}", file=sys.stderr)
+    return points
+
+
 def ablate(args: argparse.Namespace, settings: list[str], config: TrainConfig) -> dict[str, Any]:
     """Train one run (or reuse a finished one) and measure it -> its JSON record."""
     from pretrain.models.io import load_backbone
@@ -221,6 +242,8 @@ def ablate(args: argparse.Namespace, settings: list[str], config: TrainConfig) -
     size = config.crops.global_size
     clock = time.perf_counter()
     accuracy = knn(teacher, data, args.workdir, size, args.bank_per_class, args.test_per_class)
+    eval_wall = time.perf_counter() - clock
+    points = curve(args, run_dir, size) if args.curve else []
     return {
         "name": run_dir.name,
         "overrides": args.overrides,
@@ -228,11 +251,12 @@ def ablate(args: argparse.Namespace, settings: list[str], config: TrainConfig) -
         "epoch_steps": args.epoch_steps,
         "threads": args.threads,
         "train_wall_s": round(train_wall, 1),
-        "eval_wall_s": round(time.perf_counter() - clock, 1),
+        "eval_wall_s": round(eval_wall, 1),
         "eval_size": size,
         "knn": accuracy,
         "ln_prototypes": round(math.log(config.heads.dino.prototypes), 4),
         **loss_terms(run_dir),
+        **({"curve": points} if points else {}),
         "bank_per_class": args.bank_per_class,
         "test_per_class": args.test_per_class,
         "machine": machine(),
@@ -256,6 +280,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ablate_bootstrap.jsonl")
     p.add_argument("--bank-per-class", type=int, default=1000, help="kNN bank: train images per class")
     p.add_argument("--test-per-class", type=int, default=None, help="test images per class (default: all)")
+    p.add_argument(
+        "--curve", type=lambda v: [int(x) for x in v.split(",")], default=[],
+        help="comma-separated checkpoint steps to evaluate too (set train.keep_last high enough)",
+    )  # fmt: skip
     p.add_argument("--pixels-only", action="store_true", help="measure only the raw-pixel baselines")
     return p.parse_args(argv)
 
