@@ -135,7 +135,11 @@ def test_coarse_to_fine_finds_the_peak_of_a_unimodal_curve_in_18_fits() -> None:
             return -abs(grid.index(c) - peak)
 
         best, val, _ = choose_c(fit_one, score, grid, "coarse_to_fine")
-        assert best == peak and len(fitted) <= 18 and fitted[:12] == sorted(fitted[:12])
+        assert best == peak and len(fitted) <= 18
+        coarse = [c for c in fitted if grid.index(c) % 4 == 0 or c == grid[-1]]
+        assert coarse == sorted(coarse)  # the coarse pass ascends (warm starts)
+        if peak == 0:  # two coarse C's below the best stop the ascent: 3 coarse + 3 fine fits
+            assert len(fitted) == 6
         assert choose_c(fit_one, score, grid, "grid")[0] == peak
 
 
