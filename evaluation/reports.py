@@ -248,7 +248,7 @@ def write_reports(result: Any, bench: Any, out_dir: Path, cfg: Any) -> dict[str,
         ),  # fmt: skip
     }
     files = [bench.test.files[int(i)][0] for i in main.test.index]
-    wrong = np.flatnonzero(y_pred != y_true)[: rc.misclassified]
+    wrong = _round_robin(np.flatnonzero(y_pred != y_true), y_true, rc.misclassified)
     items = [(files[i], names[y_true[i]], names[y_pred[i]]) for i in wrong]
     out["misclassified"] = plot_misclassified(items, out_dir / "misclassified.png", f"{tag}, {protocol}")
     if main.subject.model is not None:
@@ -273,6 +273,19 @@ def headline_labels(doc: dict[str, Any]) -> dict[str, str]:
         r = doc["retrieval"]
         out["retrieval"] = "recall@1" if "recall@1" in r else next(iter(r))
     return out
+
+
+def _round_robin(positions: np.ndarray, labels: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` of ``positions``, taken in turn from each true class (first of each, then second...)."""
+    by_class: dict[int, list[int]] = {}
+    for p in positions:
+        by_class.setdefault(int(labels[p]), []).append(int(p))
+    out: list[int] = []
+    depth = 0
+    while len(out) < n and any(depth < len(v) for v in by_class.values()):
+        out += [v[depth] for _, v in sorted(by_class.items()) if depth < len(v)]
+        depth += 1
+    return out[:n]
 
 
 def _one_per_class(labels: np.ndarray, n: int) -> list[int]:

@@ -58,3 +58,11 @@ def test_patch_pca_components_are_scaled_to_unit_range() -> None:
     rgb = patch_pca_rgb(torch.randn(2, 16, 8, generator=g), (4, 4))
     assert rgb.shape == (2, 4, 4, 3)
     assert np.allclose(rgb.reshape(-1, 3).min(0), 0) and np.allclose(rgb.reshape(-1, 3).max(0), 1)
+
+
+def test_misclassified_images_are_taken_from_every_class() -> None:
+    from evaluation.reports import _round_robin
+
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    assert _round_robin(np.arange(9), labels, 5) == [0, 3, 5, 1, 4]
+    assert _round_robin(np.array([6, 7]), labels, 5) == [6, 7]
