@@ -128,8 +128,7 @@ def report(
                       for n, p in pools.items())  # fmt: skip
     out = [
         "# Copy detection measurement\n",
-        f"Command: `.venv/bin/python -m benchmarks.measure_copy_detection {' '.join(args.argv)}`".rstrip()
-        + "\n",
+        f"Command: `{' '.join(['.venv/bin/python -m benchmarks.measure_copy_detection', *args.argv])}`\n",
         f"Machine: {machine()}\n",
         f"Pools: {sizes}. Thresholds are chosen on calibration (precision >= {TARGET_PRECISION}) and fixed.\n",
     ]
