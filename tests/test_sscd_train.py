@@ -214,3 +214,16 @@ def test_a_short_run_improves_copy_recall_over_random_init(imagenette_dir: Path,
     # 0.722 -> 0.764, training edits 0.119 -> 0.169 (OMP_NUM_THREADS=1); each threshold is several times
     # a single query's 0.3 / 0.6 points
     assert after[0] > before[0] + 0.02 and after[1] > before[1] + 0.03
+
+
+def test_runs_from_before_the_objective_key_resume_without_a_conflict() -> None:
+    """A run directory's config.yaml written before ``objective``/``sscd`` existed is no resume
+    conflict for a DINOv2 config (the defaults keep its behaviour), but is one for an SSCD config."""
+    from pretrain.config import config_differences
+
+    old = load_config("demo").model_dump(mode="json")
+    del old["objective"], old["sscd"]
+    assert config_differences(old, load_config("demo")) == []
+    assert "objective: '(absent)' -> 'sscd'" in config_differences(
+        old, load_config("demo", ["objective=sscd"])
+    )
