@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from data_catalog.catalog import Catalog
 from data_catalog.datasets import read_datasets
+from data_catalog.evaluations import read_evaluations
 from data_catalog.images import read_images
 from data_catalog.runs import read_runs
 
@@ -25,6 +26,7 @@ READERS: dict[str, Callable[[Catalog, int | None], pa.Table]] = {
     "images": lambda catalog, version: read_images(catalog, version=version),
     "datasets": read_datasets,
     "runs": read_runs,
+    "evaluations": read_evaluations,
 }
 
 
