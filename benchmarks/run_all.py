@@ -29,6 +29,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "backbone": ["benchmarks.bench_backbone"],
     "augment": ["benchmarks.bench_augment"],
     "train": ["benchmarks.bench_train", "--steps", "30"],
+    "eval_features": ["benchmarks.bench_eval_features"],
+    "linear_probe": ["benchmarks.bench_linear_probe"],
 }
 
 
