@@ -131,3 +131,16 @@ def test_document_rows_land_in_the_evaluations_table(tmp_path: Path, bench_dirs)
     linear = [r for r in table.to_pylist() if r["protocol"] == "linear" and r["subject"] == "checkpoint"]
     assert linear[0]["value"] == doc["linear"]["top1"] and linear[0]["run_id"] == "r1"
     assert linear[0]["checkpoint_sha256"] == doc["checkpoint"]["sha256"]
+
+
+def test_official_layout_checkpoint_is_evaluated(tmp_path: Path, bench_dirs) -> None:  # type: ignore[no-untyped-def]
+    """A bare state dict as facebookresearch/dinov2 releases it (dinov2_vits14_pretrain.pth's layout)."""
+    torch.manual_seed(0)
+    model = build_backbone("vit_pico", img_size=32, patch_size=8)
+    path = save_backbone(model, tmp_path / "dinov2_pico_pretrain.pth", layout="official")
+    cfg = small_config(tmp_path, baselines={"random_init": False, "raw_pixels": False})
+    result = evaluate_checkpoint(str(path), _bench(tmp_path, *bench_dirs, cfg), cfg)
+    assert result.document["checkpoint"]["model_id"].startswith("vit_pico-p8@")
+    with torch.inference_mode():
+        x = torch.zeros(1, 3, 32, 32)
+        assert torch.allclose(result.main.subject.model(x), model.eval()(x), atol=1e-5)  # type: ignore[misc]
