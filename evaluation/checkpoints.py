@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from data_catalog.catalog import Catalog
+from data_catalog.runs import get_run
 from pretrain.models import arch_name
 from pretrain.models.io import load_backbone
 from pretrain.models.io_files import CheckpointError, locate
@@ -83,3 +86,20 @@ def random_init_subject(like: DinoVisionTransformer, seed: int = 0) -> Subject:
 
 def pixels_subject(size: int) -> Subject:
     return Subject("raw_pixels", f"raw-pixels:{size}", None, {"size": size})
+
+
+def resolve_checkpoint(spec: str, catalog: str | None) -> tuple[str, str | None]:
+    """``(path, run_id)``: an existing path as is; otherwise a run id of the catalog's ``runs``
+    table, whose exported teacher backbone (or run directory) is evaluated."""
+    if os.path.exists(spec):
+        return spec, None
+    if catalog is None:
+        raise CheckpointError(f"{spec}: no such file or directory (with --catalog, a run id names a run)")
+    try:
+        run = get_run(Catalog(catalog), spec)
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint {spec!r} is neither a path nor a run: {exc.args[0]}") from None
+    path = run.get("backbone_uri") or run.get("output_dir")
+    if not path:
+        raise CheckpointError(f"run {spec!r} has no exported backbone yet (status {run.get('status')})")
+    return str(path), spec

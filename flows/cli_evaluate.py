@@ -73,8 +73,8 @@ def preflight(
 ) -> str:
     """Fail fast, in one line: the checkpoint loads strictly and the benchmark's splits are sound.
     Returns the checkpoint's path (a run id resolved through the catalog)."""
+    from evaluation.checkpoints import resolve_checkpoint
     from evaluation.datasets import list_benchmark
-    from flows.evaluate import resolve_checkpoint
     from pretrain.models.io import load_backbone
 
     path, _ = resolve_checkpoint(checkpoint, catalog)

@@ -23,9 +23,8 @@ from prefect.runtime import flow_run
 
 from data_catalog.catalog import Catalog
 from data_catalog.evaluations import record_evaluation
-from data_catalog.runs import get_run
 from data_catalog.settings import ConfigError
-from evaluation.checkpoints import Subject
+from evaluation.checkpoints import Subject, resolve_checkpoint
 from evaluation.config import BenchmarkConfig, EvalConfig
 from evaluation.datasets import Benchmark, load_benchmark
 from evaluation.evaluate import (
@@ -40,24 +39,6 @@ from evaluation.evaluate import (
 from evaluation.reports import write_reports
 from evaluation.summary import change_rows, markdown_report, metric_rows
 from flows.artifacts import artifact_key, image_markdown, publish_markdown
-from pretrain.models.io_files import CheckpointError
-
-
-def resolve_checkpoint(spec: str, catalog: str | None) -> tuple[str, str | None]:
-    """``(path, run_id)``: an existing path as is; otherwise a run id of the catalog's ``runs``
-    table, whose exported teacher backbone (or run directory) is evaluated."""
-    if os.path.exists(spec):
-        return spec, None
-    if catalog is None:
-        raise CheckpointError(f"{spec}: no such file or directory (with --catalog, a run id names a run)")
-    try:
-        run = get_run(Catalog(catalog), spec)
-    except KeyError as exc:
-        raise CheckpointError(f"checkpoint {spec!r} is neither a path nor a run: {exc.args[0]}") from None
-    path = run.get("backbone_uri") or run.get("output_dir")
-    if not path:
-        raise CheckpointError(f"run {spec!r} has no exported backbone yet (status {run.get('status')})")
-    return str(path), spec
 
 
 @task(name="load-benchmark", cache_policy=NO_CACHE)
