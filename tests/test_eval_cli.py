@@ -61,3 +61,21 @@ def test_usage_mistakes_are_config_errors(tmp_path: Path) -> None:
         code == 2
         and "unknown config key 'evaluate.linear.c_stpes' (did you mean 'evaluate.linear.c_steps'" in out
     )
+
+
+def test_a_run_id_resolves_to_its_exported_backbone(tmp_path: Path) -> None:
+    import pytest
+
+    from data_catalog.catalog import Catalog
+    from data_catalog.runs import register_run
+    from evaluation.checkpoints import resolve_checkpoint
+    from pretrain.models.io_files import CheckpointError
+
+    catalog = Catalog(str(tmp_path / "cat"))
+    ck = pico_checkpoint(tmp_path / "run" / "teacher_backbone.safetensors")
+    register_run(catalog, {"run_id": "r1", "status": "completed", "backbone_uri": str(ck)})
+    register_run(catalog, {"run_id": "r2", "status": "running"})
+    assert resolve_checkpoint("r1", catalog.root) == (str(ck), "r1")
+    assert resolve_checkpoint(str(ck), catalog.root) == (str(ck), None)  # a path stays a path
+    with pytest.raises(CheckpointError, match="run 'r2' has no exported backbone yet \\(status running\\)"):
+        resolve_checkpoint("r2", catalog.root)
