@@ -144,3 +144,18 @@ def test_official_layout_checkpoint_is_evaluated(tmp_path: Path, bench_dirs) -> 
     with torch.inference_mode():
         x = torch.zeros(1, 3, 32, 32)
         assert torch.allclose(result.main.subject.model(x), model.eval()(x), atol=1e-5)  # type: ignore[misc]
+
+
+@pytest.mark.slow
+def test_shipped_backbone_beats_its_random_init_on_imagenette(shared_data: Path, tmp_path: Path) -> None:
+    """Real photos, the built-in fixed hold-out, at the backbone's 64 px: trained features help."""
+    from evaluation.config import REPO
+
+    cfg = small_config(tmp_path, knn={"ks": [20]}, baselines={"raw_pixels": False},
+                       benchmarks={"nette64": {"train": "${shared}/imagenette-train-subset.tar.gz",
+                                               "holdout_fraction": 0.2, "transform": {"policy": "squash", "resize": 64, "crop": None}}})  # fmt: skip
+    bench = load_benchmark("nette64", cfg.benchmark("nette64"), cfg.cache_root())
+    doc = evaluate_checkpoint(str(REPO / "assets" / "bootstrap-backbone"), bench, cfg).document
+    assert doc["benchmark"]["n_train"] == 1600 and doc["benchmark"]["n_test"] == 400
+    assert doc["knn"]["top1"]["20"] > doc["random_init"]["knn"]["top1"]["20"] + 0.05
+    assert doc["linear"]["top1"] > doc["random_init"]["linear"]["top1"]
