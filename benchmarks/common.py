@@ -52,3 +52,23 @@ def run_child(module: str, *args: str) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_file_shards(files: list[Path], out: Path, n_shards: int = 2, name: str = "t") -> Path:
+    """The files' bytes as ``n_shards`` webdataset tars (keys: the file stems, round robin) and a
+    shard index JSON beside them (``pretrain.train --dataset out/index.json``); returns its path."""
+    import webdataset as wds
+
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for s in range(n_shards):
+        shard, part = f"shard-{s:06d}.tar", files[s::n_shards]
+        with wds.TarWriter(str(out / shard)) as w:
+            for f in part:
+                w.write({"__key__": f.stem, "jpg": f.read_bytes()})
+        entries.append(
+            {"url": shard, "num_samples": len(part), "bytes": (out / shard).stat().st_size, "md5": ""}
+        )
+    index = out / "index.json"
+    index.write_text(json.dumps({"name": name, "version": 1, "num_samples": len(files), "shards": entries}))
+    return index

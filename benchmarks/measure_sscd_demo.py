@@ -26,26 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import write_file_shards
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_shards(files: list[Path], out: Path, n_shards: int = 4) -> Path:
-    """The files' bytes as webdataset tars + a shard index JSON (keys: file stems)."""
-    import webdataset as wds
-
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for s in range(n_shards):
-        name, part = f"shard-{s:06d}.tar", files[s::n_shards]
-        with wds.TarWriter(str(out / name)) as w:
-            for f in part:
-                w.write({"__key__": f.stem, "jpg": f.read_bytes()})
-        entries.append(
-            {"url": name, "num_samples": len(part), "bytes": (out / name).stat().st_size, "md5": ""}
-        )
-    index = out / "index.json"
-    index.write_text(json.dumps({"name": "sscd", "version": 1, "num_samples": len(files), "shards": entries}))
-    return index
 
 
 def _original(img, size: int) -> torch.Tensor:  # noqa: ANN001 - a PIL image
@@ -151,7 +134,7 @@ def train_run(args: argparse.Namespace, train_files: list[Path]) -> tuple[list[d
     from pretrain.sscd import DESCRIPTOR_FILE
 
     with tempfile.TemporaryDirectory() as tmp:
-        index = write_shards(train_files, Path(tmp) / "shards")
+        index = write_file_shards(train_files, Path(tmp) / "shards", n_shards=4, name="sscd")
         run = Path(args.run_dir or Path(tmp) / "run")
         cmd = [sys.executable, "-m", "pretrain.train", "--config", args.config, "--dataset", str(index),
                "--output-dir", str(run), "--max-steps", str(args.steps)]  # fmt: skip

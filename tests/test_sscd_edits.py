@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.common import write_file_shards
 from pretrain.config import EditsConfig, load_config
 from pretrain.edits import (
     CopyEditAugmentation,
@@ -117,34 +118,12 @@ def test_bad_edit_settings_are_one_line_errors() -> None:
         CopyEditAugmentation(32, 2, blur_sigmaa=(1, 2))
 
 
-def write_shards(files: list[Path], out: Path, n_shards: int = 2) -> Path:
-    """The files' bytes as webdataset tars + a shard index JSON."""
-    import json
-
-    import webdataset as wds
-
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for s in range(n_shards):
-        name, part = f"shard-{s:06d}.tar", files[s::n_shards]
-        with wds.TarWriter(str(out / name)) as w:
-            for f in part:
-                w.write({"__key__": f.stem, "jpg": f.read_bytes()})
-        entries.append(
-            {"url": name, "num_samples": len(part), "bytes": (out / name).stat().st_size, "md5": ""}
-        )
-    (out / "index.json").write_text(
-        json.dumps({"name": "t", "version": 1, "num_samples": len(files), "shards": entries})
-    )
-    return out / "index.json"
-
-
 def test_the_loader_gives_step_ordered_reproducible_view_batches(tmp_path: Path, raw_photos: Path) -> None:
     """The SSCD data path through the engine's step-indexed loader: a resumed reader gives the same views."""
     from data_catalog.shard_index import read_index
     from pretrain.data import build_loader
 
-    index = write_shards(sorted(raw_photos.glob("*"))[:24], tmp_path / "shards")
+    index = write_file_shards(sorted(raw_photos.glob("*"))[:24], tmp_path / "shards")
     cfg = load_config("sscd-demo", ["sscd.size=32", "train.batch_size_per_device=4", "train.num_workers=0",
                                     "train.iterations_per_epoch=3", "train.shuffle_buffer=10"])  # fmt: skip
     shards = read_index(str(index)).absolute_shards()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.common import write_file_shards
 from pretrain import distributed as D
 from pretrain.config import TrainConfig, load_config
 from pretrain.data import build_transform_and_collate, decode_image
@@ -23,29 +24,9 @@ TINY = ["sscd.size=32", "sscd.dim=32", "train.batch_size_per_device=8", "train.l
         "train.shuffle_buffer=20", "train.iterations_per_epoch=5", "train.epochs=2"]  # fmt: skip
 
 
-def write_shards(files: list[Path], out: Path, n_shards: int = 2) -> Path:
-    """The files' bytes as webdataset tars + a shard index JSON (keys: the file stems)."""
-    import webdataset as wds
-
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for s in range(n_shards):
-        name, part = f"shard-{s:06d}.tar", files[s::n_shards]
-        with wds.TarWriter(str(out / name)) as w:
-            for f in part:
-                w.write({"__key__": f.stem, "jpg": f.read_bytes()})
-        entries.append(
-            {"url": name, "num_samples": len(part), "bytes": (out / name).stat().st_size, "md5": ""}
-        )
-    (out / "index.json").write_text(
-        json.dumps({"name": "t", "version": 1, "num_samples": len(files), "shards": entries})
-    )
-    return out / "index.json"
-
-
 @pytest.fixture(scope="module")
 def index(raw_photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_shards(sorted(raw_photos.glob("*"))[:40], tmp_path_factory.mktemp("sscd-shards"))
+    return write_file_shards(sorted(raw_photos.glob("*"))[:40], tmp_path_factory.mktemp("sscd-shards"))
 
 
 def train_cli(
@@ -185,7 +166,7 @@ def test_a_short_run_improves_copy_recall_over_random_init(imagenette_dir: Path,
 
     files = sorted(imagenette_dir.glob("*/*.JPEG"))
     train_files, held_out = files[::20], files[7::50]  # 100 to train on, 40 never seen
-    index = write_shards(train_files, tmp_path / "shards")
+    index = write_file_shards(train_files, tmp_path / "shards")
     steps = 80
     cfg = load_config("sscd-demo", ["sscd.size=32", "sscd.dim=64", "train.batch_size_per_device=16",
                                     "train.num_workers=0", "train.epochs=1", f"train.iterations_per_epoch={steps}",
