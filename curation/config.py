@@ -1,4 +1,5 @@
-"""Typed configs of the curation stage (ingest, quality filters, hash dedup).
+"""Typed configs of the curation stage (ingest, quality filters, hash dedup, embedding, semantic
+dedup, leak removal, hierarchical clustering, sampling).
 
 Every field has a description and a documented default; the defaults of the quality filters were
 measured on the shared real photos (see ``curation/filters.py`` and ``benchmarks/results/ingest.md``).
@@ -7,7 +8,9 @@ measured on the shared real photos (see ``curation/filters.py`` and ``benchmarks
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from typing import Literal
+
+from pydantic import ConfigDict, Field, model_validator
 
 from data_catalog.settings import StrictModel
 
@@ -112,9 +115,178 @@ class HashDedupConfig(_Config):
     enabled: bool = Field(default=True, description="Run the hash dedup step at all.")
 
 
+class EmbedConfig(_Config):
+    """Embedding accepted images with the semantic backbone and the copy-detection descriptor."""
+
+    enabled: bool = Field(default=True, description="Run the embed stage (and the stages that need vectors).")
+    semantic_checkpoint: str | None = Field(
+        default=None,
+        description="Semantic backbone (clustering, leaks, retrieval): a local dinoflow checkpoint, official "
+        "DINOv2 .pth or Hugging Face directory. None: the newest dinoflow backbone registered in the catalog's "
+        "runs table, else the shipped assets/bootstrap-backbone.",
+    )
+    copy_checkpoint: str | None = Field(
+        default=None,
+        description="Copy-detection descriptor (near-duplicate removal): a dinoflow descriptor or an SSCD "
+        "TorchScript file (local path). None: the shipped assets/copy-descriptor.",
+    )
+    batch_size: int = Field(default=64, ge=1, description="Images per forward pass.")
+    partition_size: int = Field(
+        default=4096,
+        ge=1,
+        description="Images per committed chunk (and per Dask task): a killed run loses at most one chunk.",
+    )
+    decode_workers: int = Field(
+        default=4, ge=1, description="Threads reading and decoding images per process."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: every visible GPU (one process each), else the CPU."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 autocast on GPU, fp32 on CPU."
+    )
+    storage_dtype: Literal["float16", "float32"] = Field(
+        default="float16", description="Dtype of the stored (L2-normalised) vectors."
+    )
+
+
+class SemanticDedupConfig(_Config):
+    """Near-duplicates by copy-descriptor vectors: faiss k-NN, pairs above a cosine threshold, components."""
+
+    enabled: bool = Field(default=True, description="Run near-duplicate removal by copy-descriptor vectors.")
+    threshold: float = Field(
+        default=0.75,
+        ge=-1.0,
+        le=1.0,
+        description="Two images are near duplicates when the cosine of their copy-descriptor vectors is >= "
+        "this (calibrated: docs/semantic-dedup.md).",
+    )
+    k: int = Field(default=16, ge=1, description="Neighbours searched per image.")
+    index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        default="auto", description="faiss index; auto: exact (flat) up to exact_max vectors, else IVF."
+    )
+    exact_max: int = Field(
+        default=200_000, ge=1, description="Largest pool searched exactly under index=auto."
+    )
+    nprobe: int = Field(default=32, ge=1, description="IVF lists visited per query.")
+    hnsw_ef_search: int = Field(default=128, ge=1, description="HNSW efSearch.")
+    confirm_phash: bool = Field(
+        default=True,
+        description="Keep a pHash link that is not byte-exact only when the copy descriptor agrees (cosine >= "
+        "confirm_threshold): pHash at radius 6 links distinct small images (CIFAR-10).",
+    )
+    confirm_threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="Cosine that confirms a pHash link; None: threshold."
+    )
+
+
+class LeakConfig(_Config):
+    """Removing pool images that are copies or edited copies of evaluation images."""
+
+    eval_sets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Benchmarks to decontaminate against: NAME -> an ImageFolder directory or a tar of one.",
+    )
+    threshold: float = Field(
+        default=0.75,
+        ge=-1.0,
+        le=1.0,
+        description="A pool image is a leak when its copy-descriptor cosine to an eval image is >= this "
+        "(DINOv2 used 0.45 on SSCD features; ours is calibrated in docs/semantic-dedup.md).",
+    )
+    k: int = Field(default=4, ge=1, description="Nearest eval images searched per pool image.")
+
+
+class ClusterConfig(_Config):
+    """Hierarchical k-means after Vo et al. 2024 (arXiv:2405.15613) on semantic vectors."""
+
+    enabled: bool = Field(default=True, description="Cluster the accepted images.")
+    n_clusters: list[int] = Field(
+        default=[64, 16, 4],
+        min_length=1,
+        description="Clusters per level, finest first (each level clusters the previous level's centroids). "
+        "The paper's web-images config: [10_000_000, 500_000, 50_000, 10_000]. Levels finer than the pool "
+        "are an error.",
+    )
+    resampling_steps: list[int] = Field(
+        default=[1, 1, 1],
+        description="Resampling steps per level (paper: [1, 10, 10, 10]); one entry per level, or one for all.",
+    )
+    sample_sizes: list[int] = Field(
+        default=[4, 4, 4],
+        description="Points closest to each centroid taken per resampling step, per level; one entry per level, "
+        "or one for all.",
+    )
+    n_iter: int = Field(default=20, ge=1, description="k-means iterations per run.")
+    max_points_per_centroid: int | None = Field(
+        default=None,
+        ge=1,
+        description="faiss subsamples the training set to this many points per centroid; None: use every "
+        "point (faiss's own default, 256, subsamples silently).",
+    )
+    seed: int = Field(default=0, description="Seed of every k-means run.")
+    gpu: Literal["auto", "on", "off"] = Field(
+        default="auto", description="faiss GPU k-means (auto: when present)."
+    )
+
+    @model_validator(mode="after")
+    def _per_level(self) -> ClusterConfig:
+        n = len(self.n_clusters)
+        for name in ("resampling_steps", "sample_sizes"):
+            values = getattr(self, name)
+            if len(values) not in (1, n) or min(values) < (0 if name == "resampling_steps" else 1):
+                raise ValueError(f"{name} needs one entry per level ({n}) or one for all; got {values}")
+        if any(a <= b for a, b in zip(self.n_clusters, self.n_clusters[1:], strict=False)):
+            raise ValueError(f"n_clusters must shrink from the finest level up; got {self.n_clusters}")
+        return self
+
+    def level(self, i: int) -> tuple[int, int, int]:
+        """``(clusters, resampling steps, sample size)`` of level ``i`` (0 = finest)."""
+        pick = lambda v: v[i] if len(v) > 1 else v[0]  # noqa: E731
+        return self.n_clusters[i], pick(self.resampling_steps), pick(self.sample_sizes)
+
+
+class SampleConfig(_Config):
+    """Which accepted images the dataset version takes."""
+
+    mode: Literal["balanced", "retrieval", "all"] = Field(
+        default="balanced",
+        description="balanced: hierarchical balanced sampling over the clusters; retrieval: the nearest pool "
+        "images of a seed set (as DINOv2 built LVD-142M); all: every accepted image.",
+    )
+    target_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Images to select (balanced); None: all accepted images, rebalanced order only.",
+    )
+    strategy: Literal["random", "closest"] = Field(
+        default="random",
+        description="Picks inside a bottom-level cluster: random, or closest to its centroid.",
+    )
+    seed: int = Field(default=0, description="Seed of the sampling.")
+    retrieval_seed_set: str | None = Field(
+        default=None,
+        description="retrieval: an ImageFolder directory (or tar of one) or a dataset version NAME:vN.",
+    )
+    retrieval_k: int = Field(default=4, ge=1, description="retrieval: pool images taken per seed image.")
+    retrieval_min_similarity: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="retrieval: take every pool image above this cosine instead of k.",
+    )
+
+
 class CurateConfig(_Config):
     """The whole curation config: a flow parameter, saved beside every output."""
 
     ingest: IngestConfig = Field(default=IngestConfig(), description="Listing, decoding, Dask.")
     filter: FilterConfig = Field(default=FilterConfig(), description="Quality filter thresholds.")
     dedup: HashDedupConfig = Field(default=HashDedupConfig(), description="Hash dedup settings.")
+    embed: EmbedConfig = Field(default=EmbedConfig(), description="Embedding (semantic and copy vectors).")
+    semdedup: SemanticDedupConfig = Field(
+        default=SemanticDedupConfig(), description="Copy-vector near-duplicates."
+    )
+    leaks: LeakConfig = Field(default=LeakConfig(), description="Evaluation-leak removal.")
+    cluster: ClusterConfig = Field(default=ClusterConfig(), description="Hierarchical k-means.")
+    sample: SampleConfig = Field(default=SampleConfig(), description="Selection for the dataset version.")

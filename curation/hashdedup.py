@@ -31,11 +31,13 @@ from scipy.sparse.csgraph import connected_components
 from curation.binary_index import distinct_near_pairs, hex_to_uint64
 from curation.config import HashDedupConfig
 from data_catalog.catalog import Catalog
-from data_catalog.images import DUPLICATE_REASONS, IMAGES_SCHEMA, Reason, Status, read_images, update_images
+from data_catalog.images import IMAGES_SCHEMA, Reason, Status, read_images, update_images
 
 EXACT = Reason.EXACT_DUPLICATE.value
 NEAR = Reason.NEAR_DUPLICATE_PHASH.value
-HASH_REASONS = sorted(r.value for r in DUPLICATE_REASONS)  # the reasons this step decides
+HASH_REASONS = sorted(
+    r.value for r in (Reason.EXACT_DUPLICATE, Reason.NEAR_DUPLICATE_PHASH)
+)  # what this step decides
 DEDUP_COLUMNS = [  # what dedup reads of the images table
     "uri",
     "image_id",

@@ -39,6 +39,8 @@ class Reason(StrEnum):
     TOO_DARK = "too_dark"  # optional: mean luma below threshold
     EXACT_DUPLICATE = "exact_duplicate"  # same bytes (same image_id) as the kept image
     NEAR_DUPLICATE_PHASH = "near_duplicate_phash"  # pHash within the Hamming radius of the kept image
+    NEAR_DUPLICATE_EMBEDDING = "near_duplicate_embedding"  # copy-descriptor cosine above the threshold
+    EVAL_LEAK = "eval_leak"  # a copy or edited copy of an evaluation image (benchmark named in detail)
 
 
 REJECT_REASONS = frozenset(
@@ -53,9 +55,12 @@ REJECT_REASONS = frozenset(
         Reason.LOW_INFORMATION,
         Reason.TOO_BLURRY,
         Reason.TOO_DARK,
+        Reason.EVAL_LEAK,
     }
 )
-DUPLICATE_REASONS = frozenset({Reason.EXACT_DUPLICATE, Reason.NEAR_DUPLICATE_PHASH})
+DUPLICATE_REASONS = frozenset(
+    {Reason.EXACT_DUPLICATE, Reason.NEAR_DUPLICATE_PHASH, Reason.NEAR_DUPLICATE_EMBEDDING}
+)
 
 _TS = pa.timestamp("us", tz="UTC")
 
