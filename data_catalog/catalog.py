@@ -32,6 +32,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 T = TypeVar("T")
+Key = str | tuple[str, ...]  # one key column, or several (a composite key: embeddings)
 
 
 def _normalise_root(root: str | os.PathLike[str]) -> str:
@@ -183,7 +184,7 @@ class Catalog:
         name: str,
         data: pa.Table,
         schema: pa.Schema,
-        key: str,
+        key: Key,
         metadata: dict[str, Any] | None = None,
     ) -> int:
         """Insert new rows and replace rows whose ``key`` matches, in one atomic commit.
@@ -200,12 +201,13 @@ class Catalog:
         name: str,
         data: pa.Table,
         schema: pa.Schema,
-        key: str,
+        key: Key,
         metadata: dict[str, Any] | None = None,
     ) -> tuple[int, int]:
         """Insert the rows whose ``key`` is not in the table yet, atomically -> (version, rows inserted).
 
-        Rows whose key exists are left untouched (immutable records: dataset versions). Concurrent
+        Rows whose key exists are left untouched (immutable records: dataset versions, embeddings;
+        ``key`` may be a tuple of columns, all of which must match: ``("image_id", "model_id")``). Concurrent
         writers are serialised by the commit protocol: of two processes inserting the same key, one
         inserts and the other sees it and inserts nothing.
         """
@@ -216,7 +218,7 @@ class Catalog:
         name: str,
         data: pa.Table,
         schema: pa.Schema,
-        key: str,
+        key: Key,
         metadata: dict[str, Any] | None = None,
     ) -> int:
         """Set the columns of ``data`` (``key`` plus any of ``schema``'s columns) on the rows whose
@@ -232,7 +234,7 @@ class Catalog:
         name: str,
         data: pa.Table,
         schema: pa.Schema,
-        key: str,
+        key: Key,
         metadata: dict[str, Any] | None,
         update: bool,
         insert: bool = True,
@@ -240,11 +242,12 @@ class Catalog:
         """Merge on ``key`` (matched rows replaced when ``update``; only ``data``'s columns when not
         ``insert``), retried on commit conflicts -> (the version this merge committed, not a later
         writer's; rows inserted)."""
+        keys = (key,) if isinstance(key, str) else tuple(key)
         if insert:
             data = data.select(schema.names).cast(schema)
         else:
             unknown = [c for c in data.column_names if c not in schema.names]
-            if unknown or key not in data.column_names:
+            if unknown or any(k not in data.column_names for k in keys):
                 raise ValueError(
                     f"update of {name!r}: needs {key!r} and columns of its schema, got {unknown}"
                 )
@@ -260,7 +263,7 @@ class Catalog:
                 return table.version(), 0
             merger = table.merge(
                 source=data,
-                predicate=f"target.{key} = source.{key}",
+                predicate=" AND ".join(f"target.{k} = source.{k}" for k in keys),
                 source_alias="source",
                 target_alias="target",
                 # The source is in memory already; unstreamed, deltalake derives a pruning predicate
@@ -273,7 +276,7 @@ class Catalog:
             if update and insert:
                 merger = merger.when_matched_update_all()
             elif update:
-                columns = [c for c in data.column_names if c != key]
+                columns = [c for c in data.column_names if c not in keys]
                 merger = merger.when_matched_update(updates={c: f"source.{c}" for c in columns})
             if insert:
                 merger = merger.when_not_matched_insert_all()
