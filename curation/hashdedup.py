@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from scipy.sparse.csgraph import connected_components
 
 from curation.binary_index import distinct_near_pairs, hex_to_uint64
 from curation.config import HashDedupConfig
+from curation.phash_confirm import PairConfirm, candidate_row_pairs
 from data_catalog.catalog import Catalog
 from data_catalog.images import IMAGES_SCHEMA, Reason, Status, read_images, update_images
 
@@ -38,6 +40,8 @@ NEAR = Reason.NEAR_DUPLICATE_PHASH.value
 HASH_REASONS = sorted(
     r.value for r in (Reason.EXACT_DUPLICATE, Reason.NEAR_DUPLICATE_PHASH)
 )  # what this step decides
+EMBEDDING = Reason.NEAR_DUPLICATE_EMBEDDING.value  # decided by curation.neardup; members here
+MEMBER_REASONS = [*HASH_REASONS, EMBEDDING]  # duplicates that take part in the grouping
 DEDUP_COLUMNS = [  # what dedup reads of the images table
     "uri",
     "image_id",
@@ -56,11 +60,13 @@ DEDUP_COLUMNS = [  # what dedup reads of the images table
 class DuplicateGroups:
     """Per input row: ``keeper`` (n,) int64 row index of its group's kept row (itself when kept),
     ``reason`` (n,) object (None when kept, else ``exact_duplicate`` / ``near_duplicate_phash``).
-    ``n_near_pairs``: pairs of distinct pHash values within the radius."""
+    ``n_near_pairs``: pHash links (pairs of distinct pHash values within the radius; with a
+    confirm function, confirmed pairs of different files); ``n_unconfirmed``: links it refused."""
 
     keeper: np.ndarray
     reason: np.ndarray
     n_near_pairs: int
+    n_unconfirmed: int = 0
 
     @property
     def is_duplicate(self) -> np.ndarray:
@@ -103,14 +109,14 @@ def _star_edges(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sorted_rows[repeat], first_rows[sorted_codes[repeat]], first_rows
 
 
-def _components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Connected-component label (n,) int64 of an undirected graph given by edge lists (union-find
     semantics; scipy's linear-time traversal)."""
     graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
-def _keepers(labels: np.ndarray, pixels: np.ndarray, nbytes: np.ndarray, uris: Any) -> np.ndarray:
+def keepers(labels: np.ndarray, pixels: np.ndarray, nbytes: np.ndarray, uris: Any) -> np.ndarray:
     """Kept row per row: max pixels, then max bytes, then min uri (code-point order) per component."""
     n = len(labels)
     keeper = np.arange(n, dtype=np.int64)
@@ -146,30 +152,40 @@ def group_duplicates(
     uris: Any,
     radius: int,
     threads: int | None = None,
+    confirm: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> DuplicateGroups:
     """``find_duplicate_groups`` on pre-encoded columns (what ``apply_hash_dedup`` uses at scale).
 
     id_codes (n,) int64 equal per image_id, -1 = unknown; hashes (n,) uint64 with hash_valid (n,)
     bool; pixels, nbytes (n,) int64; uris: (n,) str array or pyarrow array (only read for ties).
+    ``confirm(a, b) -> keep``: rows a [P], b [P] of pHash links between different files
+    (``curation.phash_confirm.candidate_row_pairs``); only the kept links group. None: all do.
     """
     n = len(id_codes)
     id_src, id_dst, _ = _star_edges(id_codes)
     hash_codes = np.full(n, -1, dtype=np.int64)
     values = np.unique(hashes[hash_valid])
     hash_codes[hash_valid] = np.searchsorted(values, hashes[hash_valid])
-    h_src, h_dst, value_row = _star_edges(hash_codes)
     pairs = distinct_near_pairs(values, radius, threads=threads)
-    near_src, near_dst = value_row[pairs[:, 0]], value_row[pairs[:, 1]]
-    labels = _components(
-        n, np.concatenate([id_src, h_src, near_src]), np.concatenate([id_dst, h_dst, near_dst])
-    )
-    keeper = _keepers(labels, pixels, nbytes, uris)
+    unconfirmed = 0
+    if confirm is None:
+        h_src, h_dst, value_row = _star_edges(hash_codes)
+        near_src = np.concatenate([h_src, value_row[pairs[:, 0]]])
+        near_dst = np.concatenate([h_dst, value_row[pairs[:, 1]]])
+        n_links = len(pairs)
+    else:  # every link between different files asks confirm; byte copies link by image_id
+        a, b = candidate_row_pairs(id_codes, hash_codes, pairs)
+        keep = np.asarray(confirm(a, b), dtype=bool)
+        near_src, near_dst = a[keep], b[keep]
+        n_links, unconfirmed = int(keep.sum()), int((~keep).sum())
+    labels = components(n, np.concatenate([id_src, near_src]), np.concatenate([id_dst, near_dst]))
+    keeper = keepers(labels, pixels, nbytes, uris)
     reason = np.full(n, None, dtype=object)
     dup = keeper != np.arange(n)
     exact = dup & (id_codes >= 0) & (id_codes == id_codes[keeper])
     reason[exact] = EXACT
     reason[dup & ~exact] = NEAR
-    return DuplicateGroups(keeper=keeper, reason=reason, n_near_pairs=len(pairs))
+    return DuplicateGroups(keeper=keeper, reason=reason, n_near_pairs=n_links, n_unconfirmed=unconfirmed)
 
 
 def find_duplicate_groups(
@@ -274,10 +290,12 @@ def _ints(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def _candidate_filter() -> pc.Expression:
-    """Rows hash dedup decides over: accepted, or duplicates for a hash reason (recomputed)."""
+    """Rows hash dedup groups: accepted, or duplicates for a hash reason (recomputed) or for
+    ``near_duplicate_embedding`` (grouped too, so the groups do not change when the semantic stage
+    removes a hash keeper; such a row keeps its status unless it becomes a hash duplicate)."""
     status, reason = pc.field("status"), pc.field("reason")
     return (status == Status.ACCEPTED.value) | (
-        (status == Status.DUPLICATE.value) & reason.isin(HASH_REASONS)
+        (status == Status.DUPLICATE.value) & reason.isin(MEMBER_REASONS)
     )
 
 
@@ -286,14 +304,19 @@ def _candidates(table: pa.Table) -> pa.Table:
     every row is one: ``apply_hash_dedup`` reads only candidates). The same rule, on arrays."""
     status, reason = table.column("status"), table.column("reason")
     hash_dup = pc.and_(
-        pc.equal(status, Status.DUPLICATE.value), pc.is_in(reason, value_set=pa.array(HASH_REASONS))
+        pc.equal(status, Status.DUPLICATE.value), pc.is_in(reason, value_set=pa.array(MEMBER_REASONS))
     )
     mask = pc.fill_null(pc.or_(pc.equal(status, Status.ACCEPTED.value), hash_dup), False)
     return table if pc.all(mask).as_py() is not False else table.filter(mask)
 
 
-def decide(table: pa.Table, radius: int, threads: int | None = None) -> tuple[pa.Table, DuplicateGroups]:
-    """New (uri, status, reason, dup_of, dup_of_uri) for the candidate rows of an images table."""
+def decide(
+    table: pa.Table, radius: int, threads: int | None = None, confirm: PairConfirm | None = None
+) -> tuple[pa.Table, DuplicateGroups]:
+    """New (uri, status, reason, dup_of, dup_of_uri) for the candidate rows of an images table.
+
+    ``confirm(candidates, a, b) -> keep`` decides the pHash links between different files
+    (``curation.phash_confirm``); None: every link within the radius stands."""
     cand = _candidates(table)
     pixels = _ints(cand.column("width")) * _ints(cand.column("height"))
     hashes, valid = _hashes_from_arrow(cand.column("phash"))
@@ -307,6 +330,7 @@ def decide(table: pa.Table, radius: int, threads: int | None = None) -> tuple[pa
         uris,
         radius,
         threads,
+        None if confirm is None else (lambda a, b: confirm(cand, a, b)),
     )
     del pixels, hashes, valid
     dup = groups.is_duplicate
@@ -322,6 +346,16 @@ def decide(table: pa.Table, radius: int, threads: int | None = None) -> tuple[pa
             "dup_of_uri": uris.take(keeper).cast(pa.string()),
         }
     )
+    # a hash keeper the semantic stage removed stays as it is (that stage re-decides it)
+    semantic = pc.fill_null(pc.equal(cand.column("reason"), EMBEDDING), False)
+    stays = pc.and_(semantic, pc.invert(is_dup))
+    if pc.any(stays).as_py():
+        new = pa.table(
+            {
+                n: pc.if_else(stays, cand.column(n), new.column(n)) if n != "uri" else uris
+                for n in new.column_names
+            }
+        )
     return new, groups
 
 
@@ -336,11 +370,19 @@ def _changed(old: pa.Table, new: pa.Table) -> np.ndarray:
     return changed
 
 
-def apply_hash_dedup(catalog: Catalog, cfg: HashDedupConfig, run_id: str, threads: int | None = None) -> dict:
+def apply_hash_dedup(
+    catalog: Catalog,
+    cfg: HashDedupConfig,
+    run_id: str,
+    threads: int | None = None,
+    confirm: PairConfirm | None = None,
+) -> dict:
     """Recompute hash-duplicate statuses over the images table; upsert only changed rows.
 
-    Returns counts: candidates, kept, exact_duplicate, near_duplicate_phash, groups, near_pairs,
-    changed, radius, images_version (after the commit) and seconds.
+    ``confirm``: see :func:`decide` (``curation.neardup.phash_confirmer`` builds one from the copy
+    vectors). Returns counts: candidates, kept, exact_duplicate, near_duplicate_phash, groups,
+    near_pairs, unconfirmed (links the confirm function refused), changed, radius, images_version
+    (after the commit) and seconds.
     """
     start = time.perf_counter()
     version = catalog.version("images")
@@ -348,13 +390,15 @@ def apply_hash_dedup(catalog: Catalog, cfg: HashDedupConfig, run_id: str, thread
         return {"enabled": cfg.enabled, "changed": 0, "images_version": version}
     # only the candidates, filtered while scanning: rejected rows never take memory here
     table = read_images(catalog, version=version, columns=DEDUP_COLUMNS, where=_candidate_filter())
-    new, groups = decide(table, cfg.phash_radius, threads)
+    new, groups = decide(table, cfg.phash_radius, threads, confirm)
     old = table.select(["uri", "status", "reason", "dup_of", "dup_of_uri"])
     del table
     changed = _changed(old, new)
     if changed.any():
         # only the decided columns of the changed rows: no full rows to read back
         updates = new.filter(pa.array(changed))
+        # no changed row is a near_duplicate_embedding any more: its cosine detail goes
+        updates = updates.append_column("detail", pa.nulls(updates.num_rows, pa.string()))
         now = pa.scalar(dt.datetime.now(dt.UTC), type=IMAGES_SCHEMA.field("updated_at").type)
         updates = updates.append_column("run_id", pa.array([run_id] * updates.num_rows, pa.string()))
         updates = updates.append_column("updated_at", pa.array([now.as_py()] * updates.num_rows, now.type))
@@ -370,6 +414,7 @@ def apply_hash_dedup(catalog: Catalog, cfg: HashDedupConfig, run_id: str, thread
         NEAR: int(by_reason.get(NEAR, 0)),
         "groups": groups.n_groups,
         "near_pairs": groups.n_near_pairs,
+        "unconfirmed": groups.n_unconfirmed,
         "changed": int(changed.sum()),
         "images_version": version,
         "seconds": round(time.perf_counter() - start, 3),
