@@ -1,0 +1,140 @@
+"""faiss k-means against scikit-learn's KMeans, and the properties of hierarchical k-means."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+
+from curation.config import ClusterConfig
+from curation.kmeans import (
+    check_levels,
+    closest_per_cluster,
+    hierarchical_kmeans,
+    kmeans,
+    resampled_kmeans,
+    resolve_gpu,
+)
+
+
+def blobs(n: int = 4000, centers: int = 20, dim: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, dim)) * 3
+    return (c[rng.integers(0, centers, n)] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def skewed(n: int = 6000, centers: int = 30, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A mixture whose component j has weight ~ 1 / (j + 1)^1.5: a few huge modes, a long tail."""
+    rng = np.random.default_rng(seed)
+    w = 1.0 / (np.arange(centers) + 1) ** 1.5
+    labels = rng.choice(centers, n, p=w / w.sum())
+    c = rng.normal(size=(centers, dim)) * 2
+    return (c[labels] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+def test_same_start_same_lloyd_iterations_as_sklearn() -> None:
+    x = blobs()
+    start = x[np.random.default_rng(1).choice(len(x), 20, replace=False)]
+    for n_iter in (1, 5, 30):
+        ours = kmeans(x, 20, n_iter=n_iter, init_centroids=start)
+        ref = KMeans(20, init=start, n_init=1, max_iter=n_iter, tol=0, algorithm="lloyd").fit(x)
+        assert ours.inertia == pytest.approx(ref.inertia_, rel=1e-4)
+        np.testing.assert_allclose(ours.centroids, ref.cluster_centers_, atol=1e-4)
+        assert (ours.assign == ref.labels_).all()
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "random"])
+def test_inertia_within_one_percent_of_sklearn(init: str) -> None:
+    x = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
+    for seed in range(3):
+        ours = kmeans(x, 16, n_iter=50, seed=seed, init=init)  # type: ignore[arg-type]
+        ref = KMeans(16, n_init=1, max_iter=50, random_state=seed, algorithm="lloyd").fit(x)
+        assert ours.inertia <= 1.01 * ref.inertia_
+        # the reported inertia is of every point against the returned centroids
+        d = ((x - ours.centroids[ours.assign]) ** 2).sum(1)
+        assert ours.inertia == pytest.approx(float(d.sum()), rel=1e-4)
+
+
+def test_max_points_per_centroid_none_trains_on_every_point() -> None:
+    # 64 points per centroid here; a cap of 2 trains on 2 * k of them and lands elsewhere
+    x = blobs(n=2048, centers=32)
+    full = kmeans(x, 32, n_iter=20, seed=3)
+    assert kmeans(x, 32, n_iter=20, seed=3).inertia == full.inertia  # deterministic
+    capped = kmeans(x, 32, n_iter=20, seed=3, max_points_per_centroid=2)
+    assert capped.inertia != full.inertia
+
+
+def test_k_above_points_is_one_line_error() -> None:
+    with pytest.raises(ValueError, match="10 points into 11 clusters"):
+        kmeans(np.zeros((10, 4), np.float32), 11)
+    with pytest.raises(ValueError, match="level 1 asks for 50 clusters but has only 40 level-0 centroids"):
+        check_levels(1000, [40, 50])
+    with pytest.raises(ValueError, match="level 0 asks for 2000 clusters but has only 1000 points"):
+        hierarchical_kmeans(
+            np.zeros((1000, 4), np.float32),
+            ClusterConfig(n_clusters=[2000, 10], resampling_steps=[0], sample_sizes=[4]),
+        )
+
+
+def test_gpu_on_without_gpu_is_an_error() -> None:
+    import faiss
+
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("a GPU is visible")
+    with pytest.raises(ValueError, match="no GPU"):
+        resolve_gpu("on")
+    assert resolve_gpu("auto") is False
+
+
+def test_closest_per_cluster() -> None:
+    assign = np.array([0, 0, 0, 1, 1, 2])
+    dist = np.array([3.0, 1.0, 2.0, 5.0, 4.0, 9.0])
+    assert closest_per_cluster(assign, dist, 2).tolist() == [1, 2, 3, 4, 5]
+    assert closest_per_cluster(assign, dist, 1).tolist() == [1, 4, 5]
+
+
+def test_resampling_spreads_centroids_over_the_support() -> None:
+    # Vo et al.: plain k-means puts most centroids in the dense modes; resampling evens them out
+    x, labels = skewed()
+    plain = resampled_kmeans(x, 60, steps=0, sample_size=4, n_iter=20, seed=0)
+    resampled = resampled_kmeans(x, 60, steps=8, sample_size=4, n_iter=20, seed=0)
+
+    def modes_covered(r: object) -> int:
+        # a mode is covered when some centroid's nearest points are mostly from it
+        majority = [np.bincount(labels[r.assign == c]).argmax() for c in np.unique(r.assign)]  # type: ignore[attr-defined]
+        return len(set(majority))
+
+    def share_of_biggest_mode(r: object) -> float:
+        biggest = np.bincount(labels).argmax()
+        owners = [np.bincount(labels[r.assign == c], minlength=30).argmax() for c in np.unique(r.assign)]  # type: ignore[attr-defined]
+        return float(np.mean(np.array(owners) == biggest))
+
+    assert share_of_biggest_mode(resampled) < share_of_biggest_mode(plain)
+    assert modes_covered(resampled) >= modes_covered(plain)
+
+
+def test_hierarchy_properties() -> None:
+    x, _ = skewed(n=5000)
+    cfg = ClusterConfig(
+        n_clusters=[100, 20, 5], resampling_steps=[0, 3, 3], sample_sizes=[4, 2, 2], n_iter=10
+    )
+    calls: list[tuple[int, int]] = []
+    h = hierarchical_kmeans(x, cfg, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 1 + 4 + 4) for i in range(1, 10)]
+    assert h.n_levels == 3 and h.n_points == 5000
+    assert [c.shape for c in h.centroids] == [(100, 16), (20, 16), (5, 16)]
+    assert [len(p) for p in h.parents] == [100, 20]
+    for level, k in enumerate(cfg.n_clusters):
+        a = h.assign[level]
+        assert a.shape == (5000,) and a.min() >= 0 and a.max() < k
+        assert h.sizes(level).sum() == 5000
+    for level in range(2):  # a point's cluster at level l+1 is its level-l cluster's parent
+        assert (h.parents[level][h.assign[level]] == h.assign[level + 1]).all()
+    # the upper level clusters the lower level's centroids: each parent is the nearest of them
+    d = ((h.centroids[0][:, None, :] - h.centroids[1][None]) ** 2).sum(-1)
+    assert (d.argmin(1) == h.parents[0]).all()
+    d0 = ((x - h.centroids[0][h.assign[0]]) ** 2).sum(1)
+    np.testing.assert_allclose(h.distances, d0, rtol=1e-3, atol=1e-3)
+    assert h.levels_matrix().shape == (5000, 3)
+    again = hierarchical_kmeans(x, cfg)
+    assert all((a == b).all() for a, b in zip(h.assign, again.assign, strict=True))
