@@ -87,7 +87,7 @@ def _codes(values: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _star_edges(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def star_edges(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Link every row with a code >= 0 to the first row of its code (rows that share no code get
     no edge: they are their own component anyway, and the graph stays as small as the duplicates).
 
@@ -162,14 +162,14 @@ def group_duplicates(
     (``curation.phash_confirm.candidate_row_pairs``); only the kept links group. None: all do.
     """
     n = len(id_codes)
-    id_src, id_dst, _ = _star_edges(id_codes)
+    id_src, id_dst, _ = star_edges(id_codes)
     hash_codes = np.full(n, -1, dtype=np.int64)
     values = np.unique(hashes[hash_valid])
     hash_codes[hash_valid] = np.searchsorted(values, hashes[hash_valid])
     pairs = distinct_near_pairs(values, radius, threads=threads)
     unconfirmed = 0
     if confirm is None:
-        h_src, h_dst, value_row = _star_edges(hash_codes)
+        h_src, h_dst, value_row = star_edges(hash_codes)
         near_src = np.concatenate([h_src, value_row[pairs[:, 0]]])
         near_dst = np.concatenate([h_dst, value_row[pairs[:, 1]]])
         n_links = len(pairs)
@@ -252,7 +252,7 @@ def _hashes_from_arrow(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)), valid
 
 
-def _id_codes(col: pa.ChunkedArray) -> np.ndarray:
+def image_id_codes(col: pa.ChunkedArray) -> np.ndarray:
     """Equal-value codes (n,) int64 of the image_id column; -1 for null.
 
     image_ids are sha256 hex digests: their first 16 digits (a uint64) tell almost all of them
@@ -285,7 +285,7 @@ def _id_codes(col: pa.ChunkedArray) -> np.ndarray:
     return codes
 
 
-def _ints(col: pa.ChunkedArray) -> np.ndarray:
+def int_column(col: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
@@ -318,15 +318,15 @@ def decide(
     ``confirm(candidates, a, b) -> keep`` decides the pHash links between different files
     (``curation.phash_confirm``); None: every link within the radius stands."""
     cand = _candidates(table)
-    pixels = _ints(cand.column("width")) * _ints(cand.column("height"))
+    pixels = int_column(cand.column("width")) * int_column(cand.column("height"))
     hashes, valid = _hashes_from_arrow(cand.column("phash"))
     uris = cand.column("uri")
     groups = group_duplicates(
-        _id_codes(cand.column("image_id")),
+        image_id_codes(cand.column("image_id")),
         hashes,
         valid,
         pixels,
-        _ints(cand.column("bytes")),
+        int_column(cand.column("bytes")),
         uris,
         radius,
         threads,
@@ -359,7 +359,7 @@ def decide(
     return new, groups
 
 
-def _changed(old: pa.Table, new: pa.Table) -> np.ndarray:
+def changed_rows(old: pa.Table, new: pa.Table) -> np.ndarray:
     """(n,) bool: rows (same order) whose status, reason, dup_of or dup_of_uri differ (null-aware)."""
     changed = np.zeros(new.num_rows, dtype=bool)
     for name in ("status", "reason", "dup_of", "dup_of_uri"):
@@ -393,7 +393,7 @@ def apply_hash_dedup(
     new, groups = decide(table, cfg.phash_radius, threads, confirm)
     old = table.select(["uri", "status", "reason", "dup_of", "dup_of_uri"])
     del table
-    changed = _changed(old, new)
+    changed = changed_rows(old, new)
     if changed.any():
         # only the decided columns of the changed rows: no full rows to read back
         updates = new.filter(pa.array(changed))
