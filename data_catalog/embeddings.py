@@ -48,7 +48,7 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"write_embeddings: vectors must be [N, D] with D > 0, got shape {x.shape}")
-    bad: np.ndarray = ~np.isfinite(x).all(axis=1)
+    bad = np.logical_not(np.isfinite(x).all(axis=1))
     norms = np.linalg.norm(np.where(bad[:, None], 0.0, x), axis=1)
     bad |= norms == 0
     if bad.any():
