@@ -23,7 +23,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def test_float16_round_trip_keeps_unit_vectors_and_cosines(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "cat")
+    catalog = Catalog(str(tmp_path / "cat"))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 384)).astype(np.float32) * 3.0  # not normalised: the writer does it
     ids = [f"{i:064x}" for i in range(200)]
@@ -41,7 +41,7 @@ def test_float16_round_trip_keeps_unit_vectors_and_cosines(tmp_path: Path) -> No
 
 
 def test_float32_keeps_full_precision_and_ids_come_back_in_the_order_asked(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "cat")
+    catalog = Catalog(str(tmp_path / "cat"))
     x = unit(np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32))
     write_embeddings(catalog, "m", ["e", "d", "c", "b", "a"], x, "r", dtype="float32")
     ids, got = read_embeddings(catalog, "m", ["a", "e", "a"])
@@ -50,7 +50,7 @@ def test_float32_keeps_full_precision_and_ids_come_back_in_the_order_asked(tmp_p
 
 
 def test_existing_keys_are_kept_and_models_never_mix(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "cat")
+    catalog = Catalog(str(tmp_path / "cat"))
     rng = np.random.default_rng(2)
     first, second, other = (rng.standard_normal((3, 4)) for _ in range(3))
     assert write_embeddings(catalog, "m1", ["a", "b", "c"], first, "r1", dtype="float32") == 3
@@ -67,7 +67,7 @@ def test_existing_keys_are_kept_and_models_never_mix(tmp_path: Path) -> None:
 
 
 def test_mixed_storage_dtypes_of_one_model_read_together(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "cat")
+    catalog = Catalog(str(tmp_path / "cat"))
     x = unit(np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32))
     write_embeddings(catalog, "m", ["a", "b"], x[:2], "r", dtype="float32")
     write_embeddings(catalog, "m", ["c", "d"], x[2:], "r", dtype="float16")
@@ -77,7 +77,7 @@ def test_mixed_storage_dtypes_of_one_model_read_together(tmp_path: Path) -> None
 
 
 def test_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "cat")
+    catalog = Catalog(str(tmp_path / "cat"))
     with pytest.raises(ValueError, match="dtype 'bfloat16' is not one of"):
         write_embeddings(catalog, "m", ["a"], np.ones((1, 2)), "r", dtype="bfloat16")
     with pytest.raises(ValueError, match="1 vector\\(s\\) are non-finite or zero \\(first at row 1\\)"):
