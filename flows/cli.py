@@ -54,6 +54,31 @@ CatalogFlag = Annotated[
         "--catalog", help="Catalog root: a folder or an fsspec URI (overrides 'catalog:' of --config)."
     ),
 ]
+EmbedCheckpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--embed-checkpoint",
+        help="Semantic backbone for clustering, leaks and retrieval (dinoflow, official DINOv2 .pth, Hugging "
+        "Face directory; local path). Default: the catalog's newest pretrained backbone, else "
+        "assets/bootstrap-backbone.",
+    ),
+]
+CopyCheckpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--copy-checkpoint",
+        help="Copy-detection descriptor for near-duplicates (dinoflow SSCD descriptor or SSCD TorchScript "
+        "file; local path). Default: assets/copy-descriptor.",
+    ),
+]
+EvalSetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--eval-set",
+        help="NAME=PATH of a benchmark (ImageFolder directory or a tar of one) whose copies are removed from "
+        "the pool as eval_leak (repeatable).",
+    ),
+]
 
 
 @contextmanager
@@ -83,14 +108,22 @@ def curate(
     dask_address: Annotated[
         str | None, typer.Option("--dask-address", help="Use an existing Dask cluster.")
     ] = None,
+    embed_checkpoint: EmbedCheckpointOpt = None,
+    copy_checkpoint: CopyCheckpointOpt = None,
+    eval_set: EvalSetOpt = None,
 ) -> None:
-    """Ingest, filter and hash-deduplicate images into the catalog (Prefect ephemeral mode, no server)."""
+    """Curate images into the catalog and a dataset version: ingest, quality filters, embed, hash and
+    semantic dedup, eval-leak removal, hierarchical k-means, balanced sampling (Prefect ephemeral mode)."""
+    from flows.cli_curate import curate_flags, preflight
     from flows.settings import pipeline_config
 
     with user_errors():
+        flags = curate_flags(embed_checkpoint, copy_checkpoint, eval_set)
         cfg = pipeline_config(
-            config, overrides, require_source=True, catalog=catalog, source=source, dask_address=dask_address
-        )
+            config, overrides, require_source=True, catalog=catalog, source=source,
+            dask_address=dask_address, **flags,
+        )  # fmt: skip
+        preflight(cfg)
         from flows.curate import curate as curate_flow
         from flows.report import print_summary
 
@@ -109,12 +142,18 @@ def run(
     ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
+    embed_checkpoint: EmbedCheckpointOpt = None,
+    copy_checkpoint: CopyCheckpointOpt = None,
+    eval_set: EvalSetOpt = None,
 ) -> None:
     """Run the whole ``curate-and-pretrain`` flow locally (Prefect ephemeral mode)."""
+    from flows.cli_curate import curate_flags, preflight
     from flows.settings import pipeline_config
 
     with user_errors():
-        cfg = pipeline_config(config, overrides, catalog=catalog, source=source)
+        flags = curate_flags(embed_checkpoint, copy_checkpoint, eval_set)
+        cfg = pipeline_config(config, overrides, catalog=catalog, source=source, **flags)
+        preflight(cfg)
         from flows.pipeline import curate_and_pretrain
         from flows.report import print_summary
 
@@ -196,16 +235,30 @@ def catalog_stats(
 
 @catalog_app.command("export")
 def catalog_export(
-    table: Annotated[str, typer.Argument(help="Table to export: images, datasets or runs.")],
+    table: Annotated[
+        str,
+        typer.Argument(help="Table to export: images, datasets, runs, evaluations, embeddings or clusters."),
+    ],
     catalog: CatalogOpt,
     out: Annotated[Path, typer.Option("--out", help="Output file: .parquet or .csv.")],
     version: Annotated[int | None, typer.Option(help="Table version (default: newest).")] = None,
 ) -> None:
     """Export a catalog table to parquet or CSV."""
     from data_catalog.catalog import Catalog
-    from data_catalog.export import export_table
+    from data_catalog.export import READERS, export_table
 
-    rows = export_table(Catalog(catalog), table, out, version=version)
+    catalog_ = Catalog(catalog)
+    if table not in READERS:
+        typer.echo(f"error: unknown table {table!r}; valid tables: {', '.join(sorted(READERS))}", err=True)
+        raise typer.Exit(2)
+    if catalog_.version(table) is None:
+        typer.echo(f"error: catalog {catalog_.root} has no {table} table yet", err=True)
+        raise typer.Exit(2)
+    try:
+        rows = export_table(catalog_, table, out, version=version)
+    except ValueError as exc:  # a bad extension or version: one line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"wrote {rows} rows of {table} to {out}")
 
 
