@@ -17,6 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from data_catalog.catalog import Catalog
+from data_catalog.clusters import read_clusters
 from data_catalog.datasets import read_datasets
 from data_catalog.evaluations import read_evaluations
 from data_catalog.images import read_images
@@ -27,6 +28,7 @@ READERS: dict[str, Callable[[Catalog, int | None], pa.Table]] = {
     "datasets": read_datasets,
     "runs": read_runs,
     "evaluations": read_evaluations,
+    "clusters": lambda catalog, version: read_clusters(catalog, version=version),
 }
 
 
