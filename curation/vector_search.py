@@ -7,7 +7,7 @@ product is the cosine similarity. :func:`choose_index` picks the index from the 
 - ``flat`` (``IndexFlatIP``): exact, every query against every base vector; up to ``exact_max``
   vectors (a self-search of N x D costs N^2 D multiply-adds: 1e12 at 50,000 x 384);
 - ``ivf`` (``IndexIVFFlat``, Jégou et al. 2011's inverted file with exact distances inside the cells):
-  k-means to ``nlist`` cells (default ``2 * sqrt(N)``, trained on at most ``64 * nlist`` vectors),
+  k-means to ``nlist`` cells (default ``4 * sqrt(N)``, trained on ``40 * nlist`` vectors),
   each query scans its ``nprobe`` nearest cells. Above ``exact_max`` on CPU and always on GPU
   (faiss GPU has no HNSW);
 - ``hnsw`` (``IndexHNSWFlat``, Malkov & Yashunin 2018): a graph of ``hnsw_m`` links per vector,
@@ -42,7 +42,7 @@ class SearchSettings(Protocol):
 @dataclass(frozen=True)
 class Search:
     """Search settings as plain values: ``SemanticDedupConfig``'s fields and defaults, plus
-    ``nlist`` (None: ``2 * sqrt(N)``), ``hnsw_m``, ``ef_construction`` and ``gpu`` (None: when
+    ``nlist`` (None: ``4 * sqrt(N)``), ``hnsw_m``, ``ef_construction`` and ``gpu`` (None: when
     faiss sees one)."""
 
     index: str = "auto"
@@ -101,9 +101,10 @@ def choose_index(n: int, dim: int, cfg: Any) -> str:
 
 
 def ivf_nlist(n: int, cfg: Any) -> int:
-    """IVF cells: ``cfg.nlist`` or ``2 * sqrt(n)``, at least 1 and at most ``n // 39`` (faiss wants 39
-    training points per cell)."""
-    wanted = settings(cfg).nlist or round(2 * math.sqrt(n))
+    """IVF cells: ``cfg.nlist`` or ``4 * sqrt(n)`` (the low end of faiss's 4-16 sqrt(N) guideline:
+    k-means training is the cost that grows with it), at least 1 and at most ``n // 39`` (faiss
+    wants 39 training points per cell)."""
+    wanted = settings(cfg).nlist or round(4 * math.sqrt(n))
     return int(max(1, min(wanted, n // 39 if n >= 39 else 1)))
 
 
@@ -143,7 +144,8 @@ def build_index(base: np.ndarray, cfg: Any, kind: str | None = None, seed: int =
     if kind == "ivf":
         nlist = ivf_nlist(n, cfg)
         rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))
+        # 40 points per cell: just above faiss's minimum of 39, so k-means costs 40 * nlist^2 * D
+        sample = np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))
         index.train(_as_f32(base[sample]))
     for chunk in _chunks(base):
         index.add(chunk)

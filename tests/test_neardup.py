@@ -70,7 +70,7 @@ def test_choose_index_auto_is_exact_up_to_exact_max_then_ivf() -> None:
     assert choose_index(10, 256, SemanticDedupConfig(index="hnsw")) == "hnsw"
     with pytest.raises(ValueError, match="unknown index 'lsh'"):
         choose_index(10, 8, Search(index="lsh"))
-    assert ivf_nlist(1_000_000, cfg) == 2000 and ivf_nlist(100, cfg) == 2
+    assert ivf_nlist(1_000_000, cfg) == 4000 and ivf_nlist(100, cfg) == 2
 
 
 def test_keeper_rule_is_hash_dedups_and_chains_are_one_group() -> None:
