@@ -1,0 +1,129 @@
+"""Evaluation-leak removal: listing benchmarks (folders and tars), bad paths, and a planted set of
+copies of benchmark images (exact, resized, mirrored, re-compressed) among other photos."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from curation.config import EmbedConfig, LeakConfig
+from curation.embed import embed_arrays
+from curation.leaks import apply_leak_removal, list_eval_set, parse_eval_set
+from data_catalog.catalog import Catalog
+from data_catalog.embeddings import write_embeddings
+from data_catalog.image import open_image
+from data_catalog.images import IMAGES_SCHEMA, read_images, upsert_images
+from data_catalog.uris import UriReader
+from pretrain.models.descriptors import load_descriptor
+
+REPO = Path(__file__).resolve().parents[1]
+BOOTSTRAP = REPO / "assets" / "bootstrap-backbone"
+
+
+def _jpeg(img: Image.Image, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _folder(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def test_list_eval_set_folder_and_tar_agree(tmp_path: Path) -> None:
+    a, b = _jpeg(Image.new("RGB", (8, 8), "red")), _jpeg(Image.new("RGB", (8, 8), "blue"))
+    root = _folder(tmp_path / "bench" / "test", {"cat/1.jpg": a, "dog/2.jpg": b, "dog/notes.txt": b"x"})
+    tar_path = tmp_path / "bench.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        tar.add(tmp_path / "bench", arcname="bench")
+    listed = list_eval_set("b", str(root))
+    from_tar = list_eval_set("b", str(tar_path))
+    assert listed.column("label").to_pylist() == from_tar.column("label").to_pylist() == ["cat", "dog"]
+    assert listed.column("image_id").to_pylist() == [
+        hashlib.sha256(a).hexdigest(),
+        hashlib.sha256(b).hexdigest(),
+    ]
+    assert from_tar.column("image_id").to_pylist() == listed.column("image_id").to_pylist()
+    assert from_tar.column("uri")[0].as_py() == f"{tar_path.resolve()}#bench/test/cat/1.jpg"
+    with UriReader(wanted=from_tar.column("uri").to_pylist()) as reader:  # the uris read back
+        assert reader.read(from_tar.column("uri")[1].as_py()) == b
+
+
+def test_bad_eval_sets_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"--eval-set x=.*nope does not exist"):
+        list_eval_set("x", str(tmp_path / "nope"))
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    (tmp_path / "empty" / "cls" / "readme.txt").write_text("no images")
+    with pytest.raises(ValueError, match="no images under"):
+        list_eval_set("x", str(tmp_path / "empty"))
+    (tmp_path / "file.csv").write_text("a,b")
+    with pytest.raises(ValueError, match="neither a directory nor a tar"):
+        list_eval_set("x", str(tmp_path / "file.csv"))
+    (tmp_path / "broken.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(ValueError, match="cannot read the tar"):
+        list_eval_set("x", str(tmp_path / "broken.tar.gz"))
+    for spec in ("cifar10", "=path", "a:b=path"):
+        with pytest.raises(ValueError, match="expected NAME=PATH"):
+            parse_eval_set(spec)
+    assert parse_eval_set("cifar10=/d/c.tar.gz") == ("cifar10", "/d/c.tar.gz")
+
+
+def test_planted_copies_of_benchmark_images_are_removed(tmp_path: Path, raw_photos: Path) -> None:
+    photos = sorted(raw_photos.glob("*.JPEG"))[:14]
+    imgs = [open_image(p.read_bytes()).convert("RGB") for p in photos]
+    bench = {f"c{i % 2}/{p.name}": p.read_bytes() for i, p in enumerate(photos[:4])}
+    root = _folder(tmp_path / "bench", bench)
+    planted = {  # pool file -> the benchmark image it copies
+        "exact.jpg": (photos[0].read_bytes(), photos[0].name),
+        "half.jpg": (_jpeg(imgs[1].resize((imgs[1].width // 2, imgs[1].height // 2))), photos[1].name),
+        "mirror.jpg": (_jpeg(imgs[2].transpose(Image.Transpose.FLIP_LEFT_RIGHT)), photos[2].name),
+        "q40.jpg": (_jpeg(imgs[3], 40), photos[3].name),
+    }
+    others = {f"other{i}.jpg": p.read_bytes() for i, p in enumerate(photos[4:])}
+    files = {**{k: v[0] for k, v in planted.items()}, **others}
+    pool_dir = _folder(tmp_path / "pool", files)
+
+    descriptor = load_descriptor(BOOTSTRAP)
+    catalog = Catalog(str(tmp_path / "cat"))
+    rows = [{"uri": str(pool_dir / n), "image_id": hashlib.sha256(d).hexdigest(), "status": "accepted",
+             "width": 1, "height": 1, "bytes": len(d)} for n, d in files.items()]  # fmt: skip
+    upsert_images(catalog, pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), "t")
+    vecs = embed_arrays(descriptor, [open_image(d) for d in files.values()], device="cpu")
+    write_embeddings(catalog, descriptor.model_id, [r["image_id"] for r in rows], vecs, "t")
+
+    cfg = LeakConfig(threshold=0.938)  # the bootstrap class token's P >= 0.99 point (docs/copy-detection.md)
+    out = apply_leak_removal(catalog, descriptor, {"bench": str(root)}, cfg, "r1", EmbedConfig(device="cpu"))
+    got = {Path(r["uri"]).name: r for r in read_images(catalog).to_pylist()}
+    for name, (_, source) in planted.items():
+        assert got[name]["status"] == "rejected" and got[name]["reason"] == "eval_leak", name
+        assert got[name]["dup_of_uri"].endswith(source)
+        assert got[name]["detail"].startswith(
+            f"bench: c{photos.index(raw_photos / source) % 2}/{source}, cosine "
+        )
+    assert all(got[n]["status"] == "accepted" for n in others)
+    assert out["benchmarks"] == {"bench": {"eval_images": 4, "leaks": 4}} and out["changed"] == 4
+    # again: nothing changes; a stricter threshold gives the weaker matches back (accepted)
+    assert (
+        apply_leak_removal(catalog, descriptor, {"bench": str(root)}, cfg, "r2", EmbedConfig(device="cpu"))[
+            "changed"
+        ]
+        == 0
+    )
+    cos = {n: float(got[n]["detail"].rsplit(" ", 1)[1]) for n in planted}
+    assert cos["exact.jpg"] > 0.9999 and cos["mirror.jpg"] > 0.99  # the mirrored benchmark image matches
+    strict = LeakConfig(threshold=0.9999)
+    apply_leak_removal(catalog, descriptor, {"bench": str(root)}, strict, "r3", EmbedConfig(device="cpu"))
+    got = {Path(r["uri"]).name: r for r in read_images(catalog).to_pylist()}
+    assert got["exact.jpg"]["reason"] == "eval_leak"
+    for name in (n for n in planted if cos[n] < 0.9999):
+        assert (got[name]["status"], got[name]["reason"], got[name]["detail"]) == ("accepted", None, None)
+    assert min(cos.values()) < 0.9999
