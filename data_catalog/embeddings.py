@@ -191,3 +191,21 @@ def model_counts(catalog: Catalog) -> dict[str, int]:
     return dict(
         zip(counts.column("model_id").to_pylist(), counts.column("model_id_count").to_pylist(), strict=True)
     )
+
+
+def export_embeddings(catalog: Catalog, version: int | None = None) -> pa.Table:
+    """The whole table (or a ``version`` of it) with each ``vector`` decoded to a list of float32
+    (``dinoflow catalog export embeddings``: parquet keeps lists, CSV writes them as JSON)."""
+    table = catalog.read(TABLE, EMBEDDINGS_SCHEMA, version=version)
+    table = table.cast(EMBEDDINGS_SCHEMA).sort_by([("model_id", "ascending"), ("image_id", "ascending")])
+    parts = []
+    for model_id in pc.unique(table.column("model_id")).to_pylist():
+        rows = table.filter(pc.equal(table.column("model_id"), model_id))
+        x = _decode(rows.column("vector"), rows.column("dtype"), rows.column("dim"))
+        offsets = pa.array(np.arange(len(x) + 1, dtype=np.int32) * x.shape[1])
+        vectors = pa.ListArray.from_arrays(offsets, pa.array(x.ravel(), pa.float32()))
+        parts.append(rows.set_column(rows.schema.get_field_index("vector"), "vector", vectors))
+    if not parts:
+        schema = EMBEDDINGS_SCHEMA.set(2, pa.field("vector", pa.list_(pa.float32())))
+        return schema.empty_table()
+    return pa.concat_tables(parts)

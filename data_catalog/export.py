@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from data_catalog.catalog import Catalog
 from data_catalog.clusters import read_clusters
 from data_catalog.datasets import read_datasets
+from data_catalog.embeddings import export_embeddings
 from data_catalog.evaluations import read_evaluations
 from data_catalog.images import read_images
 from data_catalog.runs import read_runs
@@ -29,6 +30,7 @@ READERS: dict[str, Callable[[Catalog, int | None], pa.Table]] = {
     "runs": read_runs,
     "evaluations": read_evaluations,
     "clusters": lambda catalog, version: read_clusters(catalog, version=version),
+    "embeddings": export_embeddings,  # vectors as lists of float32
 }
 
 

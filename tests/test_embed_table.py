@@ -99,3 +99,25 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path) -> None:
     assert "2 of 3 image ids have no 'm' embedding" in msg and "first: zz" in msg and "\n" not in msg
     ids, vectors = read_embeddings(catalog, "unknown")
     assert ids.shape == (0,) and vectors.shape[0] == 0
+
+
+def test_export_decodes_vectors_to_float_lists(tmp_path: Path) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from data_catalog.export import export_table
+
+    catalog = Catalog(str(tmp_path / "cat"))
+    x = unit(np.random.default_rng(4).standard_normal((3, 4)).astype(np.float32))
+    write_embeddings(catalog, "m1", ["b", "a", "c"], x, "r", dtype="float32")
+    write_embeddings(catalog, "m2", ["a"], np.ones((1, 2)), "r")
+    assert export_table(catalog, "embeddings", tmp_path / "e.parquet") == 4
+    table = pq.read_table(tmp_path / "e.parquet")
+    assert table.column("model_id").to_pylist() == ["m1", "m1", "m1", "m2"]
+    assert table.column("image_id").to_pylist() == ["a", "b", "c", "a"]
+    vectors = table.column("vector").to_pylist()
+    np.testing.assert_allclose(vectors[0], x[1], rtol=1e-6)
+    np.testing.assert_allclose(vectors[3], [2**-0.5, 2**-0.5], rtol=1e-3)
+    assert export_table(catalog, "embeddings", tmp_path / "e.csv") == 4
+    csv = pacsv.read_csv(tmp_path / "e.csv")
+    assert csv.column("vector").to_pylist()[3].startswith("[0.707")
