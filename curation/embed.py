@@ -159,14 +159,16 @@ def embed_items(
     """Embed the items (columns ``image_id``, ``uri``; repeated ids embedded once) that have no vector
     for ``descriptor.model_id`` and store them (``cfg``: an ``EmbedConfig``).
 
-    Returns ``{"model_id", "embedded", "already", "failed": [{"image_id", "uri", "error"}], "device",
-    "bf16", "processes"}``; ``progress(done, total)`` counts images of this call's work (embedded or
-    failed), from ``(0, total)``. ``dask_address`` (a scheduler address or ``"sync"``): one Dask task
-    per ``cfg.partition_size`` images; None: this process, or one process per visible GPU.
+    Returns ``{"model_id", "kind", "dim", "input_size", "embedded", "already", "failed": [{"image_id",
+    "uri", "error"}], "device", "bf16", "processes"}`` (what the stage's report says);
+    ``progress(done, total)`` counts images of this call's work (embedded or failed), from
+    ``(0, total)``. ``dask_address`` (a scheduler address or ``"sync"``): one Dask task per
+    ``cfg.partition_size`` images; None: this process, or one process per visible GPU.
     """
     todo, already = missing_items(catalog, descriptor.model_id, items)
     result = run_embedding(catalog, descriptor, todo.to_pylist(), cfg, run_id, progress, dask_address)
-    return {"model_id": descriptor.model_id, "already": already, **result}
+    about = {"model_id": descriptor.model_id, "kind": descriptor.kind, "dim": descriptor.dim}
+    return {**about, "input_size": descriptor.input_size, "already": already, **result}
 
 
 def catalog_items(catalog: Catalog) -> pa.Table:

@@ -135,6 +135,25 @@ def test_unreadable_images_are_counted_and_listed_not_a_crash(tmp_path: Path, se
     assert (again["embedded"], again["already"], len(again["failed"])) == (0, 4, 3)
 
 
+def test_tar_members_plain_and_gzipped_are_read_by_uri(tmp_path: Path, semantic: Descriptor) -> None:
+    import tarfile
+
+    paths = make_pngs(tmp_path / "png", 4, seed=3)
+    uris = []
+    for suffix, mode in ((".tar", "w"), (".tar.gz", "w:gz")):
+        shard = tmp_path / f"shard{suffix}"
+        with tarfile.open(shard, mode) as tar:  # type: ignore[call-overload]
+            for p in paths[:2] if suffix == ".tar" else paths[2:]:
+                tar.add(p, arcname=f"imgs/{p.name}")
+        uris += [f"{shard}#imgs/{p.name}" for p in (paths[:2] if suffix == ".tar" else paths[2:])]
+    items = items_of(paths).set_column(1, "uri", pa.array(uris))
+    catalog = Catalog(str(tmp_path / "cat"))
+    out = E.embed_items(catalog, semantic, items, CFG, "run-1")
+    assert (out["embedded"], out["failed"]) == (4, [])
+    _, vectors = read_embeddings(catalog, semantic.model_id, items.column("image_id").to_pylist())
+    np.testing.assert_allclose(vectors, direct(semantic, paths), atol=2e-3)
+
+
 def test_a_checkpoint_of_the_wrong_kind_is_a_one_line_error(tmp_path: Path) -> None:
     backbone = tiny_backbone(tmp_path / "bb.safetensors")
     with pytest.raises(CheckpointError) as info:
