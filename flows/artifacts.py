@@ -45,3 +45,19 @@ def start_progress(key: str, description: str) -> UUID:
 
 def set_progress(progress: UUID, percent: float) -> None:
     update_progress_artifact(progress, min(100.0, max(0.0, percent)))
+
+
+def png_markdown(data: bytes, alt: str, where: str | None = None) -> str:
+    """Markdown that shows PNG bytes inline (data URI) and, when given, names where the file is."""
+    uri = base64.b64encode(data).decode("ascii")
+    return f"![{alt}](data:image/png;base64,{uri})\n\n" + (f"`{where}`\n" if where else "")
+
+
+def table_markdown(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A markdown table of ``rows`` (``columns`` in order; every key of the first row by default)."""
+    if not rows:
+        return "_none_\n"
+    cols = columns or list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

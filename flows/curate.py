@@ -1,4 +1,9 @@
-"""The ``curate`` sub-flow: ingest -> filter -> hash dedup, one Prefect task per partition on Dask."""
+"""The ``curate`` flow: ingest -> filter -> embed -> hash dedup -> semantic dedup -> leak removal ->
+cluster -> sample -> dataset version. Ingest runs one Prefect task per partition on Dask; the
+semantic stages are sub-flows (``flows/semantic.py``, ``flows/clustering.py``), each switched by its
+``enabled`` (leak removal by having ``--eval-set``s). Embedding runs before hash dedup (it embeds
+accepted and duplicate images alike, so the order costs nothing). Without vectors (embedding off, or no
+stage needing them) the dataset version is a uniform sample of the accepted images, as before."""
 
 from __future__ import annotations
 
@@ -12,7 +17,10 @@ from curation import hashdedup, ingest, parallel
 from data_catalog.catalog import Catalog
 from data_catalog.images import status_counts
 from flows.artifacts import publish_counts, set_progress, start_progress
+from flows.clustering import cluster_stage
 from flows.config import PipelineConfig
+from flows.dataset import dataset_version
+from flows.semantic import embed_stage, leak_stage, needed_roles, semantic_dedup_stage
 from flows.settings import save_pipeline_config
 
 
@@ -41,7 +49,8 @@ def commit_ingest(catalog: str, staging: list[str], run_id: str) -> int:
 
 
 @task(name="hash-dedup")
-def hash_dedup(config: PipelineConfig, run_id: str) -> dict[str, Any]:
+def hash_dedup(config: PipelineConfig, run_id: str, copy_model_id: str | None = None) -> dict[str, Any]:
+    """Exact and pHash groups over the whole catalog."""
     return hashdedup.apply_hash_dedup(Catalog(config.catalog), config.curate.dedup, run_id)
 
 
@@ -50,15 +59,12 @@ def _run_id() -> str:
     return f"curate-{run}" if run else "curate-local"
 
 
-@flow(name="curate", log_prints=True)
-def curate(config: PipelineConfig) -> dict[str, Any]:
-    """Bring new images of ``config.source`` into the catalog; returns counts and table versions."""
-    logger = get_run_logger()
-    catalog = Catalog(config.catalog)
-    run_id = _run_id()  # a retried flow run keeps its id, so staged partitions are reused
-    logger.info("resolved config: %s", save_pipeline_config(config, run_id))
+def ingest_new(config: PipelineConfig, run_id: str) -> int:
+    """Plan, stage and commit the new files of ``config.source``; returns the partition count."""
     plans = plan_partitions(config)
-    logger.info("%d new files in %d partitions from %s", sum(map(len, plans)), len(plans), config.source)
+    get_run_logger().info(
+        "%d new files in %d partitions from %s", sum(map(len, plans)), len(plans), config.source
+    )
     staging: list[str] = []
     if plans:
         progress = start_progress("ingest-progress", "partitions ingested")
@@ -69,14 +75,70 @@ def curate(config: PipelineConfig) -> dict[str, Any]:
                 staging.append(future.result())
                 set_progress(progress, 100.0 * done / len(plans))
     version = commit_ingest(config.catalog, sorted(staging), run_id)
-    publish_counts("ingest", status_counts(catalog), f"after ingest and quality filters (images v{version})")
-    dedup = hash_dedup(config, run_id) if config.curate.dedup.enabled else {}
-    counts = status_counts(catalog)
-    publish_counts("hash-dedup", counts, "after exact and perceptual duplicate removal")
-    return {
-        "catalog": catalog.root,
-        "images_version": catalog.version("images"),
-        "new_partitions": len(plans),
-        "dedup": dedup,
-        "counts": counts,
+    counts = status_counts(Catalog(config.catalog))
+    publish_counts("ingest", counts, f"after ingest and quality filters (images v{version})")
+    return len(plans)
+
+
+def semantic_stages(config: PipelineConfig, run_id: str, embedded: dict[str, Any]) -> dict[str, Any]:
+    """Semantic dedup, leak removal and clustering, each when enabled and its vectors exist."""
+    cur, out = config.curate, {}
+    copy, semantic = embedded.get("copy"), embedded.get("semantic")
+    if copy is not None and cur.semdedup.enabled:
+        out["semdedup"] = semantic_dedup_stage(config, run_id, copy["model_id"])
+    if copy is not None and cur.leaks.eval_sets:
+        out["leaks"] = leak_stage(config, run_id, copy["checkpoint"])
+    if semantic is not None and cur.cluster.enabled and cur.sample.mode != "retrieval":
+        out["cluster"] = cluster_stage(config, run_id, semantic["model_id"])
+    return out
+
+
+def selection_record(
+    config: PipelineConfig, embedded: dict[str, Any], stages: dict[str, Any]
+) -> dict[str, Any]:
+    """What chose the dataset version's images: the rule, the embedders' ids and the thresholds."""
+    cur = config.curate
+    cluster = stages.get("cluster")
+    rule: dict[str, Any] = {"rule": "uniform", "max_samples": config.dataset.max_samples}
+    if cluster is not None:
+        keys = ("mode", "strategy", "target_size", "seed", "pool", "selected", "clustering_id", "n_clusters")
+        rule = {"rule": "balanced_hierarchical", **{k: cluster[k] for k in keys}}
+        rule["cluster"] = cur.cluster.model_dump(mode="json")
+    thresholds: dict[str, Any] = {"phash_radius": cur.dedup.phash_radius if cur.dedup.enabled else None}
+    if "semdedup" in stages:
+        thresholds["near_duplicate_cosine"] = cur.semdedup.threshold
+        thresholds["phash_confirm_cosine"] = (
+            (cur.semdedup.confirm_threshold or cur.semdedup.threshold) if cur.semdedup.confirm_phash else None
+        )
+    if "leaks" in stages:
+        thresholds["eval_leak_cosine"] = cur.leaks.threshold
+        rule["eval_sets"] = dict(cur.leaks.eval_sets)
+    embedders = {
+        role: {"model_id": r["model_id"], "checkpoint": r["checkpoint"]} for role, r in embedded.items()
     }
+    return {**rule, "embedders": embedders, "thresholds": thresholds}
+
+
+@flow(name="curate", log_prints=True)
+def curate(config: PipelineConfig) -> dict[str, Any]:
+    """Bring new images of ``config.source`` into the catalog, curate the pool and (when
+    ``dataset.enabled``) write a dataset version; returns counts, table versions and the dataset ref."""
+    logger = get_run_logger()
+    catalog, cur = Catalog(config.catalog), config.curate
+    run_id = _run_id()  # a retried flow run keeps its id, so staged partitions are reused
+    logger.info("resolved config: %s", save_pipeline_config(config, run_id))
+    new_partitions = ingest_new(config, run_id)
+    embedded = embed_stage(config, run_id) if cur.embed.enabled and needed_roles(config) else {}
+    copy_id = embedded["copy"]["model_id"] if "copy" in embedded else None
+    dedup = hash_dedup(config, run_id, copy_id) if cur.dedup.enabled else {}
+    publish_counts("hash-dedup", status_counts(catalog), "after exact and perceptual duplicate removal")
+    stages = semantic_stages(config, run_id, embedded)
+    result: dict[str, Any] = {"catalog": catalog.root, "new_partitions": new_partitions, "dedup": dedup,
+                              "embed": embedded, **stages}  # fmt: skip
+    if config.dataset.enabled:
+        selection = stages["cluster"]["selection"] if "cluster" in stages else None
+        record = selection_record(config, embedded, stages)
+        result["dataset"] = dataset_version(config.catalog, config.dataset, selection, record)
+    result["images_version"] = catalog.version("images")
+    result["counts"] = status_counts(catalog)
+    return result

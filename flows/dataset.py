@@ -1,6 +1,13 @@
-"""The dataset-version stage: accepted images -> webdataset shards + a row in ``datasets``."""
+"""The dataset-version stage: the selection (or every accepted image) -> webdataset shards + a row in
+``datasets``. With a selection (``flows.clustering``: balanced over the clusters) its extra columns
+(``clustering_id``, ``cluster_ids`` per level, finest first) go into each sample's json; without one
+the version is a uniform sample of the accepted images (``dataset.max_samples``), as before. The
+selection rule, the embedders' model ids and the thresholds are recorded under ``selection`` in the
+stage config the version keeps."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prefect import get_run_logger, task
 
@@ -12,8 +19,15 @@ from flows.settings import curation_record
 
 
 @task(name="dataset-version", retries=1, retry_delay_seconds=5)
-def dataset_version(catalog: str, stage: DatasetStageConfig) -> str:
+def dataset_version(
+    catalog: str,
+    stage: DatasetStageConfig,
+    selection_uri: str | None = None,
+    selection_record: dict[str, Any] | None = None,
+) -> str:
     """Write a new immutable dataset version and return its reference ``NAME:vN``."""
+    from flows.clustering import read_selection
+
     logger = get_run_logger()
     progress = start_progress(f"dataset-{stage.name}-progress", "shards")
 
@@ -21,15 +35,21 @@ def dataset_version(catalog: str, stage: DatasetStageConfig) -> str:
         if total:
             set_progress(progress, 100.0 * done / total)
 
+    cat = Catalog(catalog)
+    selection = read_selection(cat, selection_uri) if selection_uri is not None else None
+    settings = stage.model_dump(mode="json")
+    if selection_record is not None:
+        settings["selection"] = selection_record
     record = create_dataset_version(
-        Catalog(catalog),
+        cat,
         stage.name,
-        max_samples=stage.max_samples,
+        selection=selection,
+        max_samples=stage.max_samples if selection is None else None,  # a selection is already sized
         seed=stage.seed,
         shard_max_bytes=stage.shard_max_bytes,
         reencode_max_side=stage.reencode_max_side,
-        config=stage.model_dump(mode="json"),
-        curation=curation_record(Catalog(catalog)),
+        config=settings,
+        curation=curation_record(cat),
         progress=on_progress,
     )
     set_progress(progress, 100.0)

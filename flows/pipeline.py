@@ -8,19 +8,18 @@ from prefect import flow
 
 from flows.config import PipelineConfig
 from flows.curate import curate
-from flows.dataset import dataset_version
 from flows.evaluate import check_run_benchmarks, evaluate_run
 from flows.pretrain_stage import pretrain
 
 
 @flow(name="curate-and-pretrain", log_prints=True)
 def curate_and_pretrain(config: PipelineConfig) -> dict[str, Any]:
-    """Ingest -> filter -> hash dedup -> dataset version -> pretrain -> evaluate (stages toggled in the config)."""
+    """Curate (ingest -> filter -> embed -> dedup -> leaks -> cluster -> sample -> dataset version)
+    -> pretrain -> evaluate (stages toggled in the config)."""
     if config.pretrain.enabled and config.evaluate.enabled:
         check_run_benchmarks(config.evaluate)  # before hours of work, not after
-    result: dict[str, Any] = curate(config)
-    if config.dataset.enabled:
-        result["dataset"] = dataset_version(config.catalog, config.dataset)
+    result: dict[str, Any] = curate(config)  # writes the dataset version when dataset.enabled
+    if result.get("dataset") is not None:
         if config.pretrain.enabled:
             result.update(pretrain(config.catalog, result["dataset"], config.pretrain))
             if config.evaluate.enabled:

@@ -1,0 +1,155 @@
+"""The curate flow's semantic stages under a real Prefect API, on real photos with tiny embedders:
+a mirrored copy (which pHash misses) becomes near_duplicate_embedding, a copy of an --eval-set image
+eval_leak; the clusters table is written; the dataset version's samples carry their cluster ids and
+the version records the rule, embedders and thresholds; a second run embeds only the new images."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageOps
+
+from data_catalog.catalog import Catalog
+from data_catalog.images import read_images
+from tests.test_cli_curate import tiny_backbone, tiny_copy_descriptor
+
+pytestmark = [pytest.mark.prefect, pytest.mark.filterwarnings("ignore::FutureWarning")]
+
+
+def _mirrored_jpeg(src: Path, dest: Path) -> None:
+    ImageOps.mirror(Image.open(src).convert("RGB")).save(dest, "JPEG", quality=85)
+
+
+def _config(tmp_path: Path, source: Path, bench: Path, **sample: Any) -> Any:
+    from flows.config import PipelineConfig
+
+    return PipelineConfig.model_validate(
+        {
+            "catalog": str(tmp_path / "catalog"),
+            "source": str(source),
+            "dask_address": "sync",
+            "dataset": {"name": "cur", "shard_max_bytes": 400_000},
+            "curate": {
+                "ingest": {"partition_size": 64, "n_workers": 1},
+                "embed": {
+                    "semantic_checkpoint": str(tiny_backbone(tmp_path / "bb.safetensors")),
+                    "copy_checkpoint": str(tiny_copy_descriptor(tmp_path / "copy.pt")),
+                    "batch_size": 16,
+                    "device": "cpu",
+                },
+                # the thumbnail descriptor: distinct raw photos reach cosine 0.70, a mirrored copy 0.9999
+                "semdedup": {"threshold": 0.95},
+                "leaks": {"threshold": 0.95, "eval_sets": {"bench": str(bench)}},
+                "cluster": {"n_clusters": [4, 2], "resampling_steps": [1], "sample_sizes": [2]},
+                "sample": {"target_size": 6, **sample},
+            },
+        }
+    )
+
+
+def _by_name(catalog: Catalog) -> dict[str, tuple[str, str | None, str | None]]:
+    rows = read_images(catalog, columns=["uri", "status", "reason", "detail"]).to_pylist()
+    return {Path(r["uri"]).name: (r["status"], r["reason"], r["detail"]) for r in rows}
+
+
+def _samples(shards: Path) -> list[dict[str, Any]]:
+    out = []
+    for tar_path in sorted(shards.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    data = tar.extractfile(member)
+                    assert data is not None
+                    out.append(json.load(io.BytesIO(data.read())))
+    return out
+
+
+@pytest.mark.slow  # two curate runs: about 75 s on 2 loaded cores
+def test_curate_flow_removes_embedding_duplicates_and_leaks_and_writes_a_balanced_version(
+    prefect_harness: None, raw_photos: Path, tmp_path: Path
+) -> None:
+    from data_catalog.clusters import read_clusters
+    from data_catalog.datasets import get_dataset
+    from data_catalog.embeddings import model_counts
+    from flows.curate import curate
+
+    photos = sorted(raw_photos.iterdir())
+    source, bench = tmp_path / "pool", tmp_path / "bench" / "fish"
+    source.mkdir()
+    bench.mkdir(parents=True)
+    for photo in photos[:16]:
+        shutil.copy(photo, source / photo.name)
+    _mirrored_jpeg(photos[0], source / "mirrored-copy.jpg")  # pHash distance 30: only vectors link it
+    shutil.copy(photos[5], bench / "benchmark-image.jpg")  # the pool holds photos[5]: a leak
+    cfg = _config(tmp_path, source, bench.parent)
+
+    first = curate(cfg)
+    catalog = Catalog(cfg.catalog)
+    rows = _by_name(catalog)
+    assert rows["mirrored-copy.jpg"][:2] == ("duplicate", "near_duplicate_embedding") or rows[photos[0].name][
+        :2
+    ] == ("duplicate", "near_duplicate_embedding"), "the mirrored copy and its original are one group"
+    status, reason, detail = rows[photos[5].name]
+    assert (status, reason) == ("rejected", "eval_leak") and detail is not None and detail.startswith("bench")
+    assert sum(1 for s, _, _ in rows.values() if s == "accepted") == 17 - 2
+    assert first["embed"]["copy"]["embedded"] == 17 and first["embed"]["semantic"]["embedded"] == 17
+
+    # clusters: every pool image (accepted, with a vector) at both levels
+    clusters = read_clusters(catalog, first["cluster"]["clustering_id"])
+    assert clusters.num_rows == 15 and set(clusters.column("n_levels").to_pylist()) == {2}
+
+    # the dataset version: the balanced sample, cluster ids in each sample's json, the rule recorded
+    name, version = first["dataset"].split(":v")
+    record = get_dataset(catalog, name, int(version))
+    assert record.num_samples == 6
+    samples = _samples(Path(record.shards_uri))
+    assert len(samples) == 6 and all(len(s["cluster_ids"]) == 2 for s in samples)
+    by_id = {r["image_id"]: r["cluster_ids"] for r in clusters.to_pylist()}
+    assert all(by_id[s["image_id"]] == s["cluster_ids"] for s in samples)
+    rule = record.config["stage"]["selection"]
+    assert rule["rule"] == "balanced_hierarchical" and rule["target_size"] == 6 and rule["pool"] == 15
+    assert rule["embedders"]["copy"]["model_id"] == first["embed"]["copy"]["model_id"]
+    assert rule["embedders"]["semantic"]["model_id"].startswith("dinoflow-backbone/vit_pico")
+    assert (
+        rule["thresholds"]["near_duplicate_cosine"] == 0.95 and rule["thresholds"]["eval_leak_cosine"] == 0.95
+    )
+
+    # incremental: two new photos, only they are embedded
+    for photo in photos[16:18]:
+        shutil.copy(photo, source / photo.name)
+    second = curate(cfg)
+    # (already: the 16 accepted or duplicate images; the leak is rejected, so not an item to embed)
+    assert second["embed"]["copy"]["embedded"] == 2 and second["embed"]["copy"]["already"] == 16
+    assert second["embed"]["semantic"]["embedded"] == 2
+    assert model_counts(catalog) == {first["embed"]["copy"]["model_id"]: 19,
+                                     first["embed"]["semantic"]["model_id"]: 19}  # fmt: skip
+    assert _by_name(catalog)[photos[5].name][1] == "eval_leak", "the leak stays a leak"
+
+
+def test_target_larger_than_the_pool_is_one_line_before_writing(
+    prefect_harness: None, raw_photos: Path, tmp_path: Path
+) -> None:
+    from data_catalog.settings import ConfigError
+    from flows.curate import curate
+
+    source, bench = tmp_path / "pool", tmp_path / "bench" / "c"
+    source.mkdir()
+    bench.mkdir(parents=True)
+    photos = sorted(raw_photos.iterdir())
+    for photo in photos[:8]:
+        shutil.copy(photo, source / photo.name)
+    shutil.copy(photos[20], bench / "x.jpg")
+    cfg = _config(tmp_path, source, bench.parent, target_size=50)
+    with pytest.raises(
+        ConfigError, match=r"curate.sample.target_size=50 is larger than the pool: 8 accepted"
+    ):
+        curate(cfg)
+    assert (
+        Catalog(cfg.catalog).version("clusters") is None and Catalog(cfg.catalog).version("datasets") is None
+    )
