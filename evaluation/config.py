@@ -173,6 +173,47 @@ class RetrievalConfig(StrictModel):
     ks: list[int] = Field(default_factory=lambda: [1, 5], description="Recall cut-offs.")
 
 
+class CopyDetectionConfig(StrictModel):
+    """Planted edited copies of real photos; DISC21 μAP per subject (evaluation/copy_protocol.py)."""
+
+    enabled: bool = Field(True, description="Run the copy-detection protocol (once per evaluation).")
+    photos: str | None = Field(
+        None,
+        description="Folder of photos to plant copies of; None: ${shared}/raw-photos/images when present "
+        "(the protocol is skipped, with a note, where it is not).",
+    )
+    split: Literal["heldout", "calibration", "all"] = Field(
+        "heldout", description="Which fixed split of the photos (evaluation.copy_detection.split_of)."
+    )
+    max_photos: int | None = Field(50, ge=1, description="First N photos of the split (None: all).")
+    edits: list[str] = Field(
+        default_factory=lambda: ["exact", "resize_50", "jpeg_q50", "brightness_+30", "crop_85", "hflip",
+                                 "rotate_5", "border", "caption", "grayscale", "overlay_text", "blur"],
+        description="Planted edits (evaluation.copy_detection.EDITS).",
+    )  # fmt: skip
+    descriptor: str | None = Field(
+        None,
+        description="Copy-detection descriptor evaluated beside the backbone; None: assets/copy-descriptor.",
+    )
+    min_precision: float = Field(0.99, gt=0.0, le=1.0, description="Precision of the reported recall.")
+
+    @model_validator(mode="after")
+    def _known_edits(self) -> CopyDetectionConfig:
+        from evaluation.copy_detection import EDITS
+
+        unknown = [e for e in self.edits if e not in EDITS]
+        if unknown or not self.edits:
+            raise ValueError(f"unknown edits {unknown}; valid: {', '.join(EDITS)}")
+        return self
+
+    def photos_dir(self) -> Path | None:
+        """The photos folder, or None when the default is absent (protocol skipped)."""
+        if self.photos is not None:
+            return Path(expand_path(self.photos))
+        default = shared_data_dir() / "raw-photos" / "images"
+        return default if default.is_dir() else None
+
+
 class BaselinesConfig(StrictModel):
     """Numbers that give the checkpoint's numbers a meaning, measured in the same run."""
 
@@ -208,6 +249,7 @@ class EvalConfig(StrictModel):
     knn: KnnConfig = Field(default_factory=KnnConfig)
     linear: LinearConfig = Field(default_factory=LinearConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    copy_detection: CopyDetectionConfig = Field(default_factory=CopyDetectionConfig)
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     batch_size: int = Field(64, ge=1, description="Images per forward pass.")

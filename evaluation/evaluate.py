@@ -114,13 +114,28 @@ def benchmark_summary(bench: Benchmark, main: SubjectOutcome) -> dict[str, Any]:
     }
 
 
+def copy_detection_metrics(subjects: list[Subject], cfg: EvalConfig, device: str) -> dict[str, Any]:
+    """The copy-detection protocol (evaluation/copy_protocol.py) on every subject, ``{}`` when disabled,
+    ``{"skipped": why}`` when its default photos folder is absent."""
+    cd = cfg.copy_detection
+    if not cd.enabled:
+        return {}
+    if cd.photos_dir() is None:
+        return {"skipped": "no photos to plant copies of (set evaluate.copy_detection.photos)"}
+    from evaluation.copy_protocol import run_copy_detection
+
+    return run_copy_detection(subjects, cd, device)
+
+
 def metrics_document(
-    bench: Benchmark, outcomes: dict[str, SubjectOutcome], cfg: EvalConfig
+    bench: Benchmark, outcomes: dict[str, SubjectOutcome], cfg: EvalConfig, copy: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The metrics JSON: the checkpoint's protocols at the top level (``knn``, ``linear``,
-    ``retrieval``), each baseline's under its name (``random_init``, ``raw_pixels``,
-    ``start_checkpoint``), and ``summary``: one headline number per protocol and subject."""
+    ``retrieval``, ``copy_detection``), each baseline's under its name (``random_init``, ``raw_pixels``,
+    ``start_checkpoint``; ``copy_descriptor`` holds only ``copy_detection``), and ``summary``: one
+    headline number per protocol and subject. ``copy``: :func:`copy_detection_metrics`' result."""
     main = outcomes["checkpoint"]
+    copy = copy or {}
     doc: dict[str, Any] = {
         "checkpoint": {k: v for k, v in main.subject.info.items() if k != "arch"},
         "benchmark": benchmark_summary(bench, main),
@@ -129,12 +144,23 @@ def metrics_document(
     }
     for name in BASELINES:
         if name in outcomes:
-            doc[name] = outcomes[name].result.metrics
-    doc["summary"] = {name: headline(o.result.metrics) for name, o in outcomes.items()}
+            doc[name] = dict(outcomes[name].result.metrics)
+    for name, metrics in copy.items():
+        if name == "checkpoint":
+            doc["copy_detection"] = metrics
+        elif name in BASELINES:
+            doc[name]["copy_detection"] = metrics
+        elif name == "copy_descriptor":
+            doc[name] = {"copy_detection": metrics, "model_id": metrics["model_id"]}
+    if "pool" in copy or "skipped" in copy:
+        doc["copy_detection_pool"] = copy.get("pool") or {"skipped": copy["skipped"]}
+    subjects = [s for s in ("checkpoint", *BASELINES, "copy_descriptor") if s == "checkpoint" or s in doc]
+    doc["summary"] = {s: headline(doc if s == "checkpoint" else doc[s]) for s in subjects}
     doc["settings"] = {
         "knn": cfg.knn.model_dump(mode="json"),
         "linear": cfg.linear.model_dump(mode="json"),
         "retrieval": cfg.retrieval.model_dump(mode="json"),
+        "copy_detection": cfg.copy_detection.model_dump(mode="json"),
         "baselines": cfg.baselines.model_dump(mode="json"),
     }
     return doc
@@ -145,11 +171,10 @@ def evaluate_checkpoint(
 ) -> EvaluationResult:
     """Every subject on every enabled protocol; see the module docstring."""
     device = resolve_device(cfg.device)
-    outcomes = {
-        s.name: evaluate_subject(s, bench, cfg, device)
-        for s in build_subjects(checkpoint, cfg, start_checkpoint)
-    }
-    return EvaluationResult(metrics_document(bench, outcomes, cfg), outcomes)
+    subjects = build_subjects(checkpoint, cfg, start_checkpoint)
+    outcomes = {s.name: evaluate_subject(s, bench, cfg, device) for s in subjects}
+    copy = copy_detection_metrics(subjects, cfg, device)
+    return EvaluationResult(metrics_document(bench, outcomes, cfg, copy), outcomes)
 
 
 def misclassified(outcome: SubjectOutcome, protocol: str) -> np.ndarray:
@@ -184,7 +209,7 @@ def catalog_rows(doc: dict[str, Any], eval_id: str, run_id: str | None = None) -
         "config_json": json.dumps(doc["settings"], sort_keys=True),
     }  # fmt: skip
     rows = []
-    for subject in ("checkpoint", *BASELINES):
+    for subject in ("checkpoint", *BASELINES, "copy_descriptor"):
         metrics = doc if subject == "checkpoint" else doc.get(subject)
         if metrics is None:
             continue

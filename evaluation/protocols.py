@@ -79,7 +79,7 @@ def run_protocols(
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
     """One number per protocol (for tables and the baselines chart): kNN top-1 at k=20 (else the
-    first k), linear top-1, retrieval recall@1 (else the first recall)."""
+    first k), linear top-1, retrieval recall@1 (else the first recall), copy-detection μAP."""
     out: dict[str, float] = {}
     if "knn" in metrics:
         top1 = metrics["knn"]["top1"]
@@ -89,6 +89,8 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
     if "retrieval" in metrics:
         r = metrics["retrieval"]
         out["retrieval"] = r["recall@1"] if "recall@1" in r else next(iter(r.values()))
+    if "copy_detection" in metrics:
+        out["copy_detection"] = metrics["copy_detection"]["muap"]
     return out
 
 
@@ -101,4 +103,12 @@ def flat_metrics(metrics: dict[str, Any]) -> list[tuple[str, str, float]]:
         rows.append(("linear", "top1", metrics["linear"]["top1"]))
     if "retrieval" in metrics:
         rows += [("retrieval", k, v) for k, v in metrics["retrieval"].items()]
+    if "copy_detection" in metrics:
+        cd = metrics["copy_detection"]
+        at = cd["recall_at_p"]
+        rows += [
+            ("copy_detection", "muap", cd["muap"]),
+            ("copy_detection", f"recall@p{at['min_precision']:g}", at["recall"]),
+        ]
+        rows += [("copy_detection", f"top1_{g}", v) for g, v in cd["top1"].items()]
     return rows

@@ -201,7 +201,9 @@ def plot_baselines(
     """Grouped bars: one group per protocol, one bar per subject (checkpoint first); ``labels``
     name the protocols' numbers (default: kNN top-1, linear top-1, recall@1)."""
     subjects = list(summary)
-    protocols = [p for p in ("knn", "linear", "retrieval") if any(p in summary[s] for s in subjects)]
+    protocols = [
+        p for p in ("knn", "linear", "retrieval", "copy_detection") if any(p in summary[s] for s in subjects)
+    ]
     fig = Figure(figsize=SIZES["baselines"], dpi=DPI)
     ax = fig.subplots()
     width = 0.8 / max(1, len(subjects))
@@ -211,7 +213,8 @@ def plot_baselines(
         xs = np.arange(len(protocols)) + (i - (len(subjects) - 1) / 2) * width
         bars = ax.bar(xs, values, width, label=subject, color=colours[i % len(colours)])
         ax.bar_label(bars, labels=[f"{v:.1%}" if v == v else "" for v in values], fontsize=6)
-    names = {"knn": "kNN top-1", "linear": "linear top-1", "retrieval": "recall@1", **(labels or {})}
+    names = {"knn": "kNN top-1", "linear": "linear top-1", "retrieval": "recall@1", "copy_detection": "copy μAP",
+             **(labels or {})}  # fmt: skip
     ax.set_xticks(np.arange(len(protocols)), [names[p] for p in protocols])
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("test split")

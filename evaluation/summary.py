@@ -9,7 +9,7 @@ from typing import Any
 
 from evaluation.protocols import headline
 
-SUBJECT_ORDER = ("checkpoint", "start_checkpoint", "random_init", "raw_pixels")
+SUBJECT_ORDER = ("checkpoint", "start_checkpoint", "random_init", "raw_pixels", "copy_descriptor")
 
 
 def _pct(value: float | None) -> str:
@@ -49,7 +49,7 @@ def headline_table(doc: dict[str, Any], drops: set[str] | None = None) -> str:
     """Markdown: one row per protocol, one column per subject; a dropped number marked."""
     subjects = [s for s in SUBJECT_ORDER if s in doc["summary"]]
     lines = ["| protocol | " + " | ".join(subjects) + " |", "|---" * (len(subjects) + 1) + "|"]
-    for protocol in ("knn", "linear", "retrieval"):
+    for protocol in ("knn", "linear", "retrieval", "copy_detection"):
         if protocol not in doc["summary"].get("checkpoint", {}):
             continue
         cells = []

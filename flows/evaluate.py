@@ -32,6 +32,7 @@ from evaluation.evaluate import (
     SubjectOutcome,
     build_subjects,
     catalog_rows,
+    copy_detection_metrics,
     evaluate_subject,
     metrics_document,
     resolve_device,
@@ -68,6 +69,15 @@ def evaluate_subject_task(
         subject.name, json.dumps(outcome.result.metrics, default=str)[:400], outcome.cache_hits, skipped,
     )  # fmt: skip
     return outcome
+
+
+@task(name="evaluate-copy-detection", cache_policy=NO_CACHE)
+def copy_detection_task(subjects: list[Subject], config: EvalConfig, device: str) -> dict[str, Any]:
+    """Planted copies of real photos: DISC21 μAP of every subject and of the copy descriptor."""
+    copy = copy_detection_metrics(subjects, config, device)
+    if "skipped" in copy:
+        get_run_logger().warning("copy detection skipped: %s", copy["skipped"])
+    return copy
 
 
 @task(name="write-reports", cache_policy=NO_CACHE)
@@ -129,7 +139,8 @@ def evaluate(
     device = resolve_device(config.device)
     outcomes = {s.name: evaluate_subject_task.with_options(name=f"evaluate-{s.name}")(s, bench, config, device)
                 for s in subjects}  # fmt: skip
-    doc = metrics_document(bench, outcomes, config)
+    copy = copy_detection_task(subjects, config, device)
+    doc = metrics_document(bench, outcomes, config, copy)
     eval_id = _eval_id()
     out = Path(out_dir) if out_dir else default_out_dir(catalog, eval_id)
     out.mkdir(parents=True, exist_ok=True)

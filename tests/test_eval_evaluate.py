@@ -25,6 +25,7 @@ def small_config(tmp_path: Path, **extra: object) -> EvalConfig:
             "knn": {"ks": [1, 5]},
             "linear": {"c_min_power": -2, "c_max_power": 2, "c_steps": 5, "max_iter": 200},
             "batch_size": 16,
+            "copy_detection": {"enabled": False},  # its own tests below (it plants copies of real photos)
             **extra,
         }
     )

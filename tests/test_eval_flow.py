@@ -89,7 +89,8 @@ def _tiny_eval(tmp_path: Path, size: int = 32) -> dict:  # type: ignore[type-arg
         "transform": {"policy": "squash", "resize": size, "crop": None},
     }
     return {"enabled": True, "run_benchmarks": ["tiny"], "benchmarks": {"tiny": tiny},
-            "cache_dir": str(tmp_path / "cache"), "linear": {"c_steps": 3}, "report": {"projection": "pca"}}  # fmt: skip
+            "cache_dir": str(tmp_path / "cache"), "linear": {"c_steps": 3}, "report": {"projection": "pca"},
+            "copy_detection": {"max_photos": 2, "edits": ["exact", "hflip"]}}  # fmt: skip
 
 
 def test_a_pretraining_run_is_evaluated_under_its_run_id(prefect_harness: None, tmp_path: Path) -> None:
