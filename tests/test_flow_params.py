@@ -41,7 +41,7 @@ def test_curate_takes_catalog_and_source_from_the_config_file(
     config = tmp_path / "pipeline.yaml"
     config.write_text(
         f"catalog: {tmp_path / 'catalog'}\nsource: {source}\ndask_address: sync\n"
-        "curate:\n  dedup:\n    phash_radius: 4\n"
+        "curate:\n  dedup:\n    phash_radius: 4\n  embed:\n    enabled: false\n"
     )
     result = CliRunner().invoke(app, ["curate", "--config", str(config)])
     assert result.exit_code == 0, result.output

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from data_catalog.catalog import Catalog
+from tests.test_cli_curate import tiny_backbone, tiny_copy_descriptor
 
-pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 
 def test_curate_and_pretrain_on_real_images(
@@ -35,6 +36,13 @@ def test_curate_and_pretrain_on_real_images(
             "source": str(source),
             "dask_address": "sync",
             "dataset": {"name": "nette", "shard_max_bytes": 200_000},
+            "curate": {  # every curation stage, with tiny embedders
+                "embed": {
+                    "semantic_checkpoint": str(tiny_backbone(tmp_path / "bb.safetensors")),
+                    "copy_checkpoint": str(tiny_copy_descriptor(tmp_path / "copy.pt")),
+                },
+                "cluster": {"n_clusters": [8, 2], "resampling_steps": [1], "sample_sizes": [2]},
+            },
             "pretrain": {
                 "enabled": True,
                 "preset": "demo",
@@ -58,6 +66,8 @@ def test_curate_and_pretrain_on_real_images(
     # lineage: the version records the curation settings that chose its images
     assert record.config["curation"]["curate"] == cfg.curate.model_dump(mode="json")
     assert record.config["stage"]["name"] == "nette"
+    assert record.config["stage"]["selection"]["rule"] == "balanced_hierarchical"
+    assert result["cluster"]["pool"] == accepted
 
     run_dir = Path(result["run_dir"])
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
