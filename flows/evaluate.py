@@ -165,13 +165,29 @@ def evaluate(
     return doc
 
 
+def run_start_checkpoint(run_dir: str) -> str | None:
+    """The backbone a training run started from (``model.init_backbone`` of its ``config.yaml``), if any
+    and still present: the evaluation's ``start_checkpoint`` baseline."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    start = ((yaml.safe_load(path.read_text()) or {}).get("model") or {}).get("init_backbone")
+    return str(start) if start and Path(start).exists() else None
+
+
 def evaluate_run(catalog: str, run_dir: str, config: EvalConfig) -> list[dict[str, Any]]:
     """The end of ``curate-and-pretrain``: the run's exported teacher on each of
-    ``config.run_benchmarks`` (one ``evaluate`` sub-flow each), recorded under the run's id."""
+    ``config.run_benchmarks`` (one ``evaluate`` sub-flow each), recorded under the run's id, with the
+    backbone the run started from (``model.init_backbone``) as the start-checkpoint baseline."""
     teacher = Path(run_dir) / "teacher_backbone.safetensors"
+    start = run_start_checkpoint(run_dir)
     out = []
     for name in config.run_benchmarks:
-        doc = evaluate(str(teacher), name, config, catalog=catalog, run_id=Path(run_dir).name)
+        doc = evaluate(
+            str(teacher), name, config, catalog=catalog, run_id=Path(run_dir).name, start_checkpoint=start
+        )
         out.append({k: doc[k] for k in ("eval_id", "report_dir", "summary", "drops")} | {"benchmark": name})
     return out
 

@@ -50,6 +50,10 @@ class ModelConfig(_Strict):
     drop_path_uniform: bool = True  # same rate in every block (reference) instead of a linear ramp
     layerscale: float = 1e-5  # LayerScale init; 0 disables LayerScale
     ffn: Literal["mlp", "swiglu", "swiglufused"] = "mlp"
+    # A backbone file (any layout pretrain.models.io reads: a run's teacher_backbone.safetensors,
+    # official .pth, HF folder) that student and teacher start from, heads fresh; None: random init.
+    # Read only when a run starts (a resumed run takes its checkpoint); a mismatch is a CheckpointError.
+    init_backbone: str | None = None
 
 
 class HeadConfig(_Strict):

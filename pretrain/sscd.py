@@ -46,6 +46,10 @@ class SSCDModel(nn.Module):
     def update_teacher(self, momentum: float) -> None:
         """Nothing to do: SSCD trains one network (the loop calls this after every step)."""
 
+    def load_backbone_weights(self, path: str) -> None:
+        """The descriptor's backbone from the backbone file ``path`` (``model.init_backbone``)."""
+        init_from_backbone(self.student.backbone, path, "model.init_backbone")
+
     def backbones(self) -> list[nn.Module]:
         """The ViTs the loop compiles and shards block by block."""
         return [self.student.backbone]
@@ -96,7 +100,9 @@ def fold_layerscale(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def init_from_backbone(backbone: DinoVisionTransformer, path: str | Path) -> None:
+def init_from_backbone(
+    backbone: DinoVisionTransformer, path: str | Path, key: str = "sscd.init_backbone"
+) -> None:
     """Load the backbone file at ``path`` (any layout ``pretrain.models.io`` reads) into ``backbone``:
     strict, position embeddings resized to its grid, LayerScale folded into the weights when
     ``backbone`` has none (``model.layerscale=0``); a mismatch is a one-line CheckpointError."""
@@ -112,9 +118,7 @@ def init_from_backbone(backbone: DinoVisionTransformer, path: str | Path) -> Non
     try:
         load_state_strict(backbone, state)
     except CheckpointError as exc:
-        raise CheckpointError(
-            f"sscd.init_backbone {str(path)!r} does not fit model.* of this config ({exc})"
-        ) from None
+        raise CheckpointError(f"{key} {str(path)!r} does not fit model.* of this config ({exc})") from None
 
 
 def build_sscd_model(config: TrainConfig, size: int | None = None, pretrained: bool = True) -> SSCDModel:

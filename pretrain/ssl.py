@@ -92,6 +92,13 @@ class SSLModel(nn.Module):
         self.dino_loss, self.ibot_loss, self.koleo_loss = dino_loss, ibot_loss, koleo_loss
         self.cfg = loss_cfg
 
+    def load_backbone_weights(self, path: str) -> None:
+        """Student and teacher backbones from the backbone file ``path`` (``model.init_backbone``)."""
+        from pretrain.sscd import init_from_backbone
+
+        init_from_backbone(self.student.backbone, path, "model.init_backbone")
+        self.teacher.backbone.load_state_dict(self.student.backbone.state_dict())
+
     def train(self, mode: bool = True) -> SSLModel:
         super().train(mode)
         self.teacher.eval()  # the teacher never drops paths

@@ -184,6 +184,8 @@ def build_phase(
     objective = get_objective(config.objective)
     size = objective.image_size(config, name if not fsdp else "main")  # FSDP: main-phase grid
     model: Any = objective.build_model(config, size).to(info.device)
+    if resume is None and config.model.init_backbone:  # a new run continues from given weights
+        model.load_backbone_weights(config.model.init_backbone)
     model.train()
     student_vit: Any = model.student.backbone
     if config.train.compile:

@@ -99,11 +99,15 @@ def test_a_pretraining_run_is_evaluated_under_its_run_id(prefect_harness: None, 
 
     run_dir = tmp_path / "runs" / "nette-v1-demo"
     pico_checkpoint(run_dir / "teacher_backbone.safetensors")
+    start = pico_checkpoint(tmp_path / "start.safetensors", seed=5)  # the run continued from these weights
+    (run_dir / "config.yaml").write_text(f"model:\n  init_backbone: {start}\n")
     cfg = EvalConfig.model_validate(_tiny_eval(tmp_path))
     [summary] = evaluate_run(str(tmp_path / "catalog"), str(run_dir), cfg)
     assert summary["benchmark"] == "tiny" and "checkpoint" in summary["summary"]
+    assert "start_checkpoint" in summary["summary"]  # the baseline a continued run is judged against
     rows = read_evaluations(Catalog(str(tmp_path / "catalog"))).to_pylist()
     assert rows and {r["run_id"] for r in rows} == {"nette-v1-demo"}
+    assert {r["subject"] for r in rows} >= {"checkpoint", "start_checkpoint", "random_init", "raw_pixels"}
 
 
 def test_pipeline_checks_its_benchmarks_before_any_work(tmp_path: Path) -> None:
