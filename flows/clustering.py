@@ -65,6 +65,23 @@ def sample_target(config: PipelineConfig, pool_size: int) -> int | None:
     return target
 
 
+def check_selection(config: PipelineConfig, catalog: Catalog, model_id: str) -> None:
+    """Before any k-means: the levels fit the pool and the target does not exceed it (one-line
+    ConfigError). The curate flow calls it in its own body, so the error ends the run in one line."""
+    from curation.kmeans import check_levels
+    from data_catalog.embeddings import embedded_table
+
+    done = embedded_table(catalog, model_id).cast(pa.schema([("image_id", pa.string())]))
+    size = accepted_pool(catalog).join(done, keys="image_id", join_type="left semi").num_rows
+    try:
+        check_levels(size, list(config.curate.cluster.n_clusters))
+    except ValueError as exc:
+        raise ConfigError(
+            f"curate.cluster.n_clusters: {exc}; set fewer, e.g. --set 'curate.cluster.n_clusters=[8,2]'"
+        ) from None
+    sample_target(config, size)
+
+
 def write_selection(catalog: Catalog, run_id: str, table: pa.Table) -> str:
     uri = catalog.uri("runs", run_id, SELECTION_FILE)
     fs = catalog.filesystem()

@@ -12,12 +12,14 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from curation import hashdedup, ingest, parallel
 from data_catalog.catalog import Catalog
 from data_catalog.images import status_counts
+from data_catalog.settings import ConfigError
 from flows.artifacts import publish_counts, set_progress, start_progress
-from flows.clustering import cluster_stage
+from flows.clustering import check_selection, cluster_stage
 from flows.config import PipelineConfig
 from flows.dataset import dataset_version
 from flows.semantic import embed_stage, leak_stage, needed_roles, semantic_dedup_stage
@@ -89,6 +91,7 @@ def semantic_stages(config: PipelineConfig, run_id: str, embedded: dict[str, Any
     if copy is not None and cur.leaks.eval_sets:
         out["leaks"] = leak_stage(config, run_id, copy["checkpoint"])
     if semantic is not None and cur.cluster.enabled and cur.sample.mode != "retrieval":
+        check_selection(config, Catalog(config.catalog), semantic["model_id"])
         out["cluster"] = cluster_stage(config, run_id, semantic["model_id"])
     return out
 
@@ -119,6 +122,12 @@ def selection_record(
     return {**rule, "embedders": embedders, "thresholds": thresholds}
 
 
+def failed(exc: ConfigError) -> State:
+    """The run's end for a user's mistake found mid-run (a target above the pool): returned as the
+    flow's state, so Prefect logs one line instead of a traceback and the caller gets ``exc``."""
+    return Failed(message=str(exc), data=exc)
+
+
 @flow(name="curate", log_prints=True)
 def curate(config: PipelineConfig) -> dict[str, Any]:
     """Bring new images of ``config.source`` into the catalog, curate the pool and (when
@@ -132,7 +141,10 @@ def curate(config: PipelineConfig) -> dict[str, Any]:
     copy_id = embedded["copy"]["model_id"] if "copy" in embedded else None
     dedup = hash_dedup(config, run_id, copy_id) if cur.dedup.enabled else {}
     publish_counts("hash-dedup", status_counts(catalog), "after exact and perceptual duplicate removal")
-    stages = semantic_stages(config, run_id, embedded)
+    try:
+        stages = semantic_stages(config, run_id, embedded)
+    except ConfigError as exc:
+        return failed(exc)  # type: ignore[return-value]  # the caller gets exc raised
     result: dict[str, Any] = {"catalog": catalog.root, "new_partitions": new_partitions, "dedup": dedup,
                               "embed": embedded, **stages}  # fmt: skip
     if config.dataset.enabled:

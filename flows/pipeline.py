@@ -6,8 +6,9 @@ from typing import Any
 
 from prefect import flow
 
+from data_catalog.settings import ConfigError
 from flows.config import PipelineConfig
-from flows.curate import curate
+from flows.curate import curate, failed
 from flows.evaluate import check_run_benchmarks, evaluate_run
 from flows.pretrain_stage import pretrain
 
@@ -18,7 +19,10 @@ def curate_and_pretrain(config: PipelineConfig) -> dict[str, Any]:
     -> pretrain -> evaluate (stages toggled in the config)."""
     if config.pretrain.enabled and config.evaluate.enabled:
         check_run_benchmarks(config.evaluate)  # before hours of work, not after
-    result: dict[str, Any] = curate(config)  # writes the dataset version when dataset.enabled
+    try:
+        result: dict[str, Any] = curate(config)
+    except ConfigError as exc:  # a target above the pool: one line, not a traceback
+        return failed(exc)  # type: ignore[return-value]  # the caller gets exc raised
     if result.get("dataset") is not None:
         if config.pretrain.enabled:
             result.update(pretrain(config.catalog, result["dataset"], config.pretrain))

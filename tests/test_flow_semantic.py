@@ -135,8 +135,10 @@ def test_curate_flow_removes_embedding_duplicates_and_leaks_and_writes_a_balance
 def test_target_larger_than_the_pool_is_one_line_before_writing(
     prefect_harness: None, raw_photos: Path, tmp_path: Path
 ) -> None:
-    from data_catalog.settings import ConfigError
-    from flows.curate import curate
+    from typer.testing import CliRunner
+
+    from data_catalog.settings import dump_yaml
+    from flows.cli import app
 
     source, bench = tmp_path / "pool", tmp_path / "bench" / "c"
     source.mkdir()
@@ -145,11 +147,11 @@ def test_target_larger_than_the_pool_is_one_line_before_writing(
     for photo in photos[:8]:
         shutil.copy(photo, source / photo.name)
     shutil.copy(photos[20], bench / "x.jpg")
-    cfg = _config(tmp_path, source, bench.parent, target_size=50)
-    with pytest.raises(
-        ConfigError, match=r"curate.sample.target_size=50 is larger than the pool: 8 accepted"
-    ):
-        curate(cfg)
-    assert (
-        Catalog(cfg.catalog).version("clusters") is None and Catalog(cfg.catalog).version("datasets") is None
-    )
+    dump_yaml(_config(tmp_path, source, bench.parent, target_size=50), tmp_path / "pipeline.yaml")
+    result = CliRunner().invoke(app, ["curate", "--config", str(tmp_path / "pipeline.yaml")])
+    assert result.exit_code == 2, result.output
+    expected = "error: curate.sample.target_size=50 is larger than the pool: 8 accepted images"
+    assert expected in result.output and "Traceback" not in result.output
+    catalog = Catalog(str(tmp_path / "catalog"))
+    assert catalog.version("images") is not None, "the pool is known only after ingest"
+    assert catalog.version("clusters") is None and catalog.version("datasets") is None, "nothing written"
