@@ -243,14 +243,16 @@ def phash_confirmer(
     copy_model_id: str | None,
     min_cosine: float,
     radius: int,
-    small_side: int,
-    small_radius: int,
+    small_side: int = 64,
+    small_radius: int = 0,
 ) -> PairConfirm:
-    """The confirm function of hash dedup (``apply_hash_dedup(confirm=...)``): a pHash link between
-    different files stands when their copy vectors reach ``min_cosine``; a pair without both vectors
-    (or ``copy_model_id`` None) falls back to the size rule (``phash_confirm.size_confirm``)."""
+    """The confirm function of hash dedup (``apply_hash_dedup(confirm=...)``), measured in
+    ``docs/semantic-dedup.md``: a pHash link between different files whose smaller image has a short
+    side >= ``small_side`` px stands (pHash at radius 6 had no false pair there); a smaller pair
+    stands when the copy vectors of ``copy_model_id`` reach ``min_cosine``, or, without both vectors
+    (or ``copy_model_id`` None), when the pHash distance is <= ``small_radius``."""
     fallback = size_confirm(radius, small_side, small_radius)
     if copy_model_id is None:
         return fallback
     model = copy_model_id
-    return embedding_confirm(lambda ids: _vectors(catalog, model, ids), min_cosine, fallback)
+    return embedding_confirm(lambda ids: _vectors(catalog, model, ids), min_cosine, fallback, small_side)

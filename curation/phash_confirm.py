@@ -127,27 +127,35 @@ def embedding_confirm(
     vectors_of: Callable[[list[str]], tuple[dict[str, int], np.ndarray]],
     min_cosine: float,
     fallback: PairConfirm | None,
+    small_side: int | None = None,
 ) -> PairConfirm:
     """A :data:`PairConfirm` by copy-descriptor vectors: a pair stands when the cosine of its two
     images' vectors is >= ``min_cosine``. ``vectors_of(image_ids)`` returns ({image_id: row}, vectors
     [M, D]) for the ids that have a vector; a pair missing one is decided by ``fallback`` (None:
-    the link stands unconfirmed, as hash dedup without confirmation)."""
+    the link stands unconfirmed, as hash dedup without confirmation). ``small_side``: pairs whose
+    smaller image has a short side of at least this many pixels stand without asking (pHash is
+    measured safe there); None: every pair asks."""
 
     def confirm(cand: pa.Table, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if len(a) == 0:
-            return np.zeros(0, dtype=bool)
+        keep = np.ones(len(a), dtype=bool)
+        ask = np.ones(len(a), dtype=bool)
+        if small_side is not None and len(a):
+            ask = np.minimum(_short_sides(cand, a), _short_sides(cand, b)) < small_side
+        if not ask.any():
+            return keep
+        qa, qb = a[ask], b[ask]
         ids = cand.column("image_id")
-        ia, ib = ids.take(pa.array(a)).to_pylist(), ids.take(pa.array(b)).to_pylist()
-        wanted = sorted({i for i in ia + ib if i is not None})
-        where, vectors = vectors_of(wanted)
+        ia, ib = ids.take(pa.array(qa)).to_pylist(), ids.take(pa.array(qb)).to_pylist()
+        where, vectors = vectors_of(sorted({i for i in ia + ib if i is not None}))
         ra = np.array([where.get(i, -1) if i is not None else -1 for i in ia], dtype=np.int64)
         rb = np.array([where.get(i, -1) if i is not None else -1 for i in ib], dtype=np.int64)
         have = (ra >= 0) & (rb >= 0)
-        keep = np.ones(len(a), dtype=bool)
+        sub = np.ones(len(qa), dtype=bool)
         if have.any():
-            keep[have] = cosine_pairs(vectors, ra[have], rb[have]) >= min_cosine
+            sub[have] = cosine_pairs(vectors, ra[have], rb[have]) >= min_cosine
         if (~have).any() and fallback is not None:
-            keep[~have] = fallback(cand, a[~have], b[~have])
+            sub[~have] = fallback(cand, qa[~have], qb[~have])
+        keep[ask] = sub
         return keep
 
     return confirm

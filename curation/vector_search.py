@@ -22,21 +22,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 INDEXES = ("auto", "flat", "ivf", "hnsw")
-
-
-class SearchSettings(Protocol):
-    """The search fields of ``SemanticDedupConfig`` (``index``, ``exact_max``, ``nprobe``,
-    ``hnsw_ef_search``); :class:`Search` adds the ones the config leaves at their defaults."""
-
-    index: str
-    exact_max: int
-    nprobe: int
-    hnsw_ef_search: int
 
 
 @dataclass(frozen=True)
@@ -55,8 +45,9 @@ class Search:
     gpu: bool | None = None
 
     @classmethod
-    def of(cls, cfg: SearchSettings) -> Search:
-        """The settings of a config object (its search fields; the rest at the defaults above)."""
+    def of(cls, cfg: Any) -> Search:
+        """The settings of a config object such as ``SemanticDedupConfig`` (its ``index``,
+        ``exact_max``, ``nprobe``, ``hnsw_ef_search``; the fields it lacks at the defaults above)."""
         names = (
             "index",
             "exact_max",

@@ -98,7 +98,7 @@ def test_planted_copies_of_benchmark_images_are_removed(tmp_path: Path, raw_phot
              "width": 1, "height": 1, "bytes": len(d)} for n, d in files.items()]  # fmt: skip
     upsert_images(catalog, pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), "t")
     vecs = embed_arrays(descriptor, [open_image(d) for d in files.values()], device="cpu")
-    write_embeddings(catalog, descriptor.model_id, [r["image_id"] for r in rows], vecs, "t")
+    write_embeddings(catalog, descriptor.model_id, [str(r["image_id"]) for r in rows], vecs, "t")
 
     cfg = LeakConfig(threshold=0.938)  # the bootstrap class token's P >= 0.99 point (docs/copy-detection.md)
     out = apply_leak_removal(catalog, descriptor, {"bench": str(root)}, cfg, "r1", EmbedConfig(device="cpu"))
