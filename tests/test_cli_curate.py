@@ -175,3 +175,31 @@ def test_export_of_an_unknown_or_absent_table_is_one_line(tmp_path: Path) -> Non
     code, output = _invoke(["catalog", "export", "datasets", "--catalog", str(tmp_path), "--out", "x.csv"])
     assert code == 2 and "has no datasets table yet" in output
     assert len(output.strip().splitlines()) == 1
+
+
+def test_embeddings_and_clusters_export_like_the_images_table(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from data_catalog.catalog import Catalog
+    from data_catalog.clusters import write_clusters
+    from data_catalog.embeddings import write_embeddings
+
+    catalog = Catalog(str(tmp_path / "cat"))
+    vectors = np.array([[3.0, 4.0], [1.0, 0.0]], np.float32)
+    write_embeddings(catalog, "m/x@1", ["a", "b"], vectors, "run-1")
+    write_clusters(catalog, "run-1", "m/x@1", ["a", "b"], np.array([[0, 0], [1, 0]]))
+    code, output = _invoke(
+        ["catalog", "export", "embeddings", "--catalog", catalog.root, "--out", str(tmp_path / "e.parquet")]
+    )
+    assert code == 0 and "wrote 2 rows of embeddings" in output, output
+    table = pq.read_table(tmp_path / "e.parquet").sort_by("image_id")
+    got = np.array(table.column("vector").to_pylist(), np.float32)
+    np.testing.assert_allclose(got, [[0.6, 0.8], [1.0, 0.0]], atol=1e-3)  # stored L2-normalised
+    code, output = _invoke(
+        ["catalog", "export", "clusters", "--catalog", catalog.root, "--out", str(tmp_path / "c.csv")]
+    )
+    assert code == 0 and "wrote 2 rows of clusters" in output, output
+    rows = pacsv.read_csv(tmp_path / "c.csv").sort_by("image_id").to_pylist()
+    assert [r["cluster_ids"] for r in rows] == ["[0, 0]", "[1, 0]"]  # lists as JSON in CSV
