@@ -15,6 +15,11 @@ The rows alternate in rounds; reported are images/s of the best round and the me
         [--threads 1] [--rounds 3] [--device auto] [--precision auto]
 
 ``--arch`` (instead of ``--checkpoint``) times a random-init backbone of that size at ``--size``.
+
+``--commit-rows N`` measures instead what a chunk's commit costs as the table grows: N random 384-d
+vectors committed in sorted chunks of ``--partition`` (as the stage writes a first run: each chunk a
+contiguous range of sorted ids, so Delta's MERGE prunes files by the source's key range), then one
+chunk of new ids spread over half the id range (an incremental run).
 """
 
 from __future__ import annotations
@@ -135,6 +140,39 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path) -> tuple[list[di
     return rows, descriptor
 
 
+def commit_scaling(args: argparse.Namespace, tmp: Path) -> str:
+    """Seconds per chunk commit while a table of ``args.commit_rows`` vectors is written, then for a
+    chunk of new ids interleaved with the stored ones."""
+    from data_catalog.catalog import Catalog
+    from data_catalog.embeddings import write_embeddings
+
+    rng = np.random.default_rng(0)
+    n, size = args.commit_rows, args.partition
+    ids = sorted(hashlib.sha256(str(i).encode()).hexdigest() for i in range(n + size))
+    new = set(rng.choice(len(ids), size, replace=False).tolist())
+    old = [x for i, x in enumerate(ids) if i not in new]
+    catalog, times = Catalog(str(tmp / "commits")), []
+    for s in range(0, len(old), size):
+        chunk = old[s : s + size]
+        t0 = time.perf_counter()
+        write_embeddings(catalog, "m", chunk, rng.standard_normal((len(chunk), 384)), "bench")
+        times.append(time.perf_counter() - t0)
+    spread = sorted(x for i, x in enumerate(ids) if i in new)[: size // 2]
+    t0 = time.perf_counter()
+    write_embeddings(catalog, "m", spread, rng.standard_normal((len(spread), 384)), "bench")
+    late = time.perf_counter() - t0
+    k = max(1, len(times) // 10)
+    return "\n".join([
+        f"## Embeddings commits: {n:,} float16 384-d vectors in chunks of {size:,}", "",
+        f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}.", "",
+        "| commit | seconds |", "|---|---:|",
+        f"| first {k} chunks (mean) | {statistics.mean(times[:k]):.3f} |",
+        f"| last {k} chunks (mean), table at {len(old):,} rows | {statistics.mean(times[-k:]):.3f} |",
+        f"| {len(spread):,} new ids spread over half the id range, table at {len(old):,} rows | {late:.3f} |",
+        "", f"Command: `.venv/bin/python -m benchmarks.bench_embed {' '.join(args.argv)}`", "",
+    ])  # fmt: skip
+
+
 def table(rows: list[dict[str, Any]], args: argparse.Namespace, descriptor: Any, n: int) -> str:
     from curation.embed import resolve_device, use_bf16
 
@@ -177,9 +215,14 @@ def main() -> int:
         / "raw-photos"
         / "images",
     )
+    parser.add_argument("--commit-rows", type=int, default=None, help="measure commit cost instead")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.argv = sys.argv[1:]
+    if args.commit_rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_result(args.out, commit_scaling(args, Path(tmp)))
+        return 0
     files = sorted(p for p in args.data.glob("*") if p.is_file())[: args.images]
     if not files:
         print(f"skipped: no images in {args.data} (set DINOFLOW_SHARED_DATA)")
