@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "augment": ["benchmarks.bench_augment"],
     "train": ["benchmarks.bench_train", "--steps", "30"],
     "eval_features": ["benchmarks.bench_eval_features"],
+    "embed": ["benchmarks.bench_embed", "--images", "500", "--rounds", "3"],
     "linear_probe": ["benchmarks.bench_linear_probe"],
 }
 

@@ -209,13 +209,15 @@ class ClusterConfig(_Config):
         "are an error.",
     )
     resampling_steps: list[int] = Field(
-        default=[1, 1, 1],
-        description="Resampling steps per level (paper: [1, 10, 10, 10]); one entry per level, or one for all.",
+        default=[2],
+        description="k-means runs per level, counted as the reference (ssl-data-curation) counts them: 1 = plain "
+        "k-means, n = n - 1 resampling steps after the first run (paper's web config: [1, 10, 10, 10]); one entry "
+        "per level, or one for all.",
     )
     sample_sizes: list[int] = Field(
-        default=[4, 4, 4],
-        description="Points closest to each centroid taken per resampling step, per level; one entry per level, "
-        "or one for all.",
+        default=[4],
+        description="Points closest to each centroid taken per resampling step, per level (paper's web config: "
+        "[1, 10, 5, 3]); one entry per level, or one for all.",
     )
     n_iter: int = Field(default=20, ge=1, description="k-means iterations per run.")
     max_points_per_centroid: int | None = Field(
@@ -234,7 +236,7 @@ class ClusterConfig(_Config):
         n = len(self.n_clusters)
         for name in ("resampling_steps", "sample_sizes"):
             values = getattr(self, name)
-            if len(values) not in (1, n) or min(values) < (0 if name == "resampling_steps" else 1):
+            if len(values) not in (1, n) or min(values) < 1:
                 raise ValueError(f"{name} needs one entry per level ({n}) or one for all; got {values}")
         if any(a <= b for a, b in zip(self.n_clusters, self.n_clusters[1:], strict=False)):
             raise ValueError(f"n_clusters must shrink from the finest level up; got {self.n_clusters}")
