@@ -160,7 +160,7 @@ def embed_items(
     for ``descriptor.model_id`` and store them (``cfg``: an ``EmbedConfig``).
 
     Returns ``{"model_id", "kind", "dim", "input_size", "embedded", "already", "failed": [{"image_id",
-    "uri", "error"}], "device", "bf16", "processes"}`` (what the stage's report says);
+    "uri", "error"}], "device", "bf16", "processes", "chunks"}`` (what the stage's report says);
     ``progress(done, total)`` counts images of this call's work (embedded or failed), from
     ``(0, total)``. ``dask_address`` (a scheduler address or ``"sync"``): one Dask task per
     ``cfg.partition_size`` images; None: this process, or one process per visible GPU.

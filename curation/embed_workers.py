@@ -38,9 +38,8 @@ from data_catalog.uris import UriReader
 from pretrain.models.descriptors import Descriptor, load_descriptor
 
 Row = dict[str, str]  # {"image_id", "uri"}
-Spec = tuple[
-    str, Any, int | None, str
-]  # ("path", file, input_size, model_id) | ("object", descriptor, None, id)
+# ("path", file, input_size, model_id) or ("object", descriptor, None, model_id)
+Spec = tuple[str, Any, int | None, str]
 _LOADED: dict[tuple[str, int | None], Descriptor] = {}  # per worker process: descriptors by file
 # descriptor -> (path, input_size) it was loaded from (load_embedder records it)
 _SOURCES: weakref.WeakKeyDictionary[Descriptor, tuple[str, int | None]] = weakref.WeakKeyDictionary()
@@ -303,8 +302,10 @@ def run_embedding(
     progress: Callable[[int, int], None] | None = None,
     dask_address: str | None = None,
 ) -> dict[str, Any]:
-    """Embed ``rows`` where ``cfg`` and ``dask_address`` say (module docstring) -> ``{"embedded", "failed", "device",
-    "bf16", "processes"}``; ``progress(done, total)`` from ``(0, total)``."""
+    """Embed ``rows`` where ``cfg`` and ``dask_address`` say (module docstring) -> ``{"embedded",
+    "failed", "device", "bf16", "processes", "chunks"}`` (``processes``: local processes, None on
+    Dask; ``chunks``: commits of up to ``cfg.partition_size`` vectors, one Dask task each there);
+    ``progress(done, total)`` from ``(0, total)``."""
     total, done = len(rows), [0]
 
     def advance(n: int) -> None:
@@ -329,7 +330,7 @@ def run_embedding(
         failed = [f for _, fails in results for f in fails]
         place = f"dask {dask_address}"
         return {"embedded": sum(r[0] for r in results), "failed": failed, "device": place,
-                "bf16": None, "processes": len(parts)}  # fmt: skip
+                "bf16": None, "processes": None, "chunks": len(parts)}  # fmt: skip
     devices = plan_devices(cfg.device, None, cuda_count())
     if total and len(devices) > 1:
         inserted, failed = _on_processes(devices, catalog, spec_of(descriptor), rows, cfg, run_id, advance)
@@ -338,4 +339,5 @@ def run_embedding(
         descriptor.to(devices[0])
         inserted, failed = embed_rows(catalog, descriptor, rows, cfg, run_id, devices[0], advance)
     return {"embedded": inserted, "failed": failed, "device": ",".join(devices),
-            "bf16": use_bf16(devices[0], cfg.precision), "processes": len(devices)}  # fmt: skip
+            "bf16": use_bf16(devices[0], cfg.precision), "processes": len(devices),
+            "chunks": len(chunks(rows, cfg.partition_size))}  # fmt: skip

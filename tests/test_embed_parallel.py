@@ -63,6 +63,7 @@ def test_one_process_per_device_embeds_the_same_vectors(
     calls: list[tuple[int, int]] = []
     out = E.embed_items(catalog, from_file, items, CFG, "run", lambda d, t: calls.append((d, t)))
     assert (out["embedded"], out["failed"], out["processes"], out["device"]) == (7, [], 2, "cpu,cpu")
+    assert out["chunks"] == 3
     assert calls[0] == (0, 7) and calls[-1] == (7, 7)
     np.testing.assert_array_equal(
         read_embeddings(catalog, from_file.model_id)[1], reference(tmp_path, from_file, items)
@@ -76,7 +77,7 @@ def test_dask_partitions_embed_the_same_vectors(tmp_path: Path, from_file: Descr
     out = E.embed_items(
         catalog, from_file, items, CFG, "run", lambda d, t: calls.append((d, t)), dask_address="sync"
     )
-    assert (out["embedded"], out["processes"], calls[0], calls[-1]) == (5, 2, (0, 5), (5, 5))
+    assert (out["embedded"], out["chunks"], calls[0], calls[-1]) == (5, 2, (0, 5), (5, 5))
     np.testing.assert_array_equal(
         read_embeddings(catalog, from_file.model_id)[1], reference(tmp_path, from_file, items)
     )
@@ -91,7 +92,7 @@ def test_a_real_dask_cluster_with_an_in_memory_descriptor(tmp_path: Path) -> Non
     catalog = Catalog(str(tmp_path / "cat"))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         out = E.embed_items(catalog, descriptor, items, CFG, "run", dask_address=cluster.scheduler_address)
-    assert (out["embedded"], out["processes"]) == (4, 2)
+    assert (out["embedded"], out["chunks"], out["processes"]) == (4, 2, None)
     np.testing.assert_array_equal(
         read_embeddings(catalog, descriptor.model_id)[1], reference(tmp_path, descriptor, items)
     )
