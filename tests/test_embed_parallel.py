@@ -114,3 +114,18 @@ def test_an_interrupted_run_keeps_its_committed_chunks(tmp_path: Path, from_file
     np.testing.assert_array_equal(
         read_embeddings(catalog, from_file.model_id)[1], reference(tmp_path, from_file, items)
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_on_every_visible_gpu_matches_the_cpu_vectors(
+    tmp_path: Path, from_file: Descriptor
+) -> None:
+    items = images(tmp_path / "img", 9)
+    cpu = reference(tmp_path, from_file, items)
+    catalog = Catalog(str(tmp_path / "cat"))
+    out = E.embed_items(catalog, from_file, items, CFG.model_copy(update={"device": "auto"}), "run")
+    assert out["bf16"] is True and out["device"].startswith("cuda:0")
+    assert out["processes"] == torch.cuda.device_count() and out["embedded"] == 9
+    got = read_embeddings(catalog, from_file.model_id)[1]
+    assert (got * cpu).sum(axis=1).min() > 0.99  # bf16 autocast against fp32
