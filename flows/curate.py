@@ -22,6 +22,7 @@ from flows.artifacts import publish_counts, set_progress, start_progress
 from flows.clustering import check_selection, cluster_stage
 from flows.config import PipelineConfig
 from flows.dataset import dataset_version
+from flows.retrieval import retrieval_stage
 from flows.semantic import embed_stage, leak_stage, needed_roles, semantic_dedup_stage
 from flows.settings import save_pipeline_config
 
@@ -93,6 +94,8 @@ def semantic_stages(config: PipelineConfig, run_id: str, embedded: dict[str, Any
     if semantic is not None and cur.cluster.enabled and cur.sample.mode != "retrieval":
         check_selection(config, Catalog(config.catalog), semantic["model_id"])
         out["cluster"] = cluster_stage(config, run_id, semantic["model_id"])
+    if semantic is not None and cur.sample.mode == "retrieval":
+        out["retrieval"] = retrieval_stage(config, run_id, semantic)
     return out
 
 
@@ -101,11 +104,18 @@ def selection_record(
 ) -> dict[str, Any]:
     """What chose the dataset version's images: the rule, the embedders' ids and the thresholds."""
     cur = config.curate
-    cluster = stages.get("cluster")
+    cluster, retrieval = stages.get("cluster"), stages.get("retrieval")
     rule: dict[str, Any] = {"rule": "uniform", "max_samples": config.dataset.max_samples}
+    if retrieval is not None:
+        rule = {
+            "rule": "retrieval",
+            **{k: retrieval[k] for k in ("seed_set", "seeds", "k", "min_similarity")},
+        }
+        rule.update(pool=retrieval["pool"], selected=retrieval["selected"])
     if cluster is not None:
         keys = ("mode", "strategy", "target_size", "seed", "pool", "selected", "clustering_id", "n_clusters")
-        rule = {"rule": "balanced_hierarchical", **{k: cluster[k] for k in keys}}
+        name = "all" if cluster["mode"] == "all" else "balanced_hierarchical"
+        rule = {"rule": name, **{k: cluster[k] for k in keys}}
         rule["cluster"] = cur.cluster.model_dump(mode="json")
     thresholds: dict[str, Any] = {"phash_radius": cur.dedup.phash_radius if cur.dedup.enabled else None}
     if "semdedup" in stages:
@@ -148,7 +158,8 @@ def curate(config: PipelineConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"catalog": catalog.root, "new_partitions": new_partitions, "dedup": dedup,
                               "embed": embedded, **stages}  # fmt: skip
     if config.dataset.enabled:
-        selection = stages["cluster"]["selection"] if "cluster" in stages else None
+        chosen = stages.get("cluster") or stages.get("retrieval")
+        selection = chosen["selection"] if chosen else None
         record = selection_record(config, embedded, stages)
         result["dataset"] = dataset_version(config.catalog, config.dataset, selection, record)
     result["images_version"] = catalog.version("images")

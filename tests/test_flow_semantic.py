@@ -19,6 +19,7 @@ from data_catalog.catalog import Catalog
 from data_catalog.images import read_images
 from tests.test_cli_curate import tiny_backbone, tiny_copy_descriptor
 
+BOOTSTRAP = Path(__file__).resolve().parents[1] / "assets" / "bootstrap-backbone"
 pytestmark = [pytest.mark.prefect, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 
@@ -155,3 +156,44 @@ def test_target_larger_than_the_pool_is_one_line_before_writing(
     catalog = Catalog(str(tmp_path / "catalog"))
     assert catalog.version("images") is not None, "the pool is known only after ingest"
     assert catalog.version("clusters") is None and catalog.version("datasets") is None, "nothing written"
+
+
+def test_retrieval_selects_the_pool_images_nearest_the_seeds(
+    prefect_harness: None, raw_photos: Path, tmp_path: Path
+) -> None:
+    from data_catalog.datasets import get_dataset
+    from flows.config import PipelineConfig
+    from flows.curate import curate
+
+    photos = sorted(raw_photos.iterdir())
+    source, seeds = tmp_path / "pool", tmp_path / "seeds" / "picked"
+    source.mkdir()
+    seeds.mkdir(parents=True)
+    for photo in photos[:10]:
+        shutil.copy(photo, source / photo.name)
+    for photo in (photos[2], photos[7]):  # re-encoded copies: their nearest pool image is the original
+        Image.open(photo).convert("RGB").save(seeds / f"{photo.stem}.png")
+    tree = {
+        "catalog": str(tmp_path / "catalog"), "source": str(source), "dask_address": "sync",
+        "dataset": {"name": "near"},
+        "curate": {
+            # the shipped bootstrap backbone (vit_pico): a random init's class tokens are near constant
+            "embed": {"semantic_checkpoint": str(BOOTSTRAP), "device": "cpu"},
+            "semdedup": {"enabled": False, "confirm_phash": False},
+            "sample": {"mode": "retrieval", "retrieval_seed_set": str(seeds.parent), "retrieval_k": 1},
+        },
+    }  # fmt: skip
+    first = curate(PipelineConfig.model_validate(tree))
+    assert "copy" not in first["embed"], "no stage needs copy vectors"
+    record = get_dataset(Catalog(tree["catalog"]), "near", 1)
+    names = sorted(Path(s["uri"]).name for s in _samples(Path(record.shards_uri)))
+    assert names == sorted([photos[2].name, photos[7].name])
+    rule = record.config["stage"]["selection"]
+    assert rule["rule"] == "retrieval" and rule["seeds"] == 2 and rule["k"] == 1 and rule["pool"] == 10
+
+    # a dataset version as the seed set: its own images come back
+    tree["curate"]["sample"]["retrieval_seed_set"] = "near:v1"  # type: ignore[index]
+    second = curate(PipelineConfig.model_validate(tree))
+    again = get_dataset(Catalog(tree["catalog"]), "near", 2)
+    assert second["retrieval"]["seeds"] == 2 and again.num_samples == 2
+    assert sorted(Path(s["uri"]).name for s in _samples(Path(again.shards_uri))) == names
