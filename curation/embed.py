@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ _ROLE_WANTS = {
     "copy": "a copy-detection descriptor (a dinoflow SSCD descriptor or an SSCD TorchScript file)",
 }
 Progress = Callable[[int, int], None]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a run registered without timestamps sorts oldest
 
 
 def default_semantic_checkpoint(catalog: Catalog) -> str:
@@ -63,7 +65,7 @@ def default_semantic_checkpoint(catalog: Catalog) -> str:
         )
         rows = sorted(
             done.select(["run_id", "backbone_uri", "finished_at", "started_at"]).to_pylist(),
-            key=lambda r: (r["finished_at"] or r["started_at"], r["run_id"]),
+            key=lambda r: (r["finished_at"] or r["started_at"] or _EPOCH, r["run_id"]),
             reverse=True,
         )
         for row in rows:

@@ -216,6 +216,9 @@ def test_default_semantic_checkpoint_is_the_newest_registered_backbone(tmp_path:
     assert E.default_semantic_checkpoint(catalog) == str(newer)
     newer.unlink()
     assert E.default_semantic_checkpoint(catalog) == str(older)
+    untimed = tiny_backbone(tmp_path / "r0.safetensors", 2)  # registered by hand, no timestamps: oldest
+    register_run(catalog, {"run_id": "r0", "status": "completed", "backbone_uri": str(untimed)})
+    assert E.default_semantic_checkpoint(catalog) == str(older)
 
 
 def test_embed_catalog_takes_accepted_and_duplicate_images_once_each_with_the_bootstrap_backbone(
