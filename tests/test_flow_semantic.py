@@ -59,6 +59,14 @@ def _by_name(catalog: Catalog) -> dict[str, tuple[str, str | None, str | None]]:
     return {Path(r["uri"]).name: (r["status"], r["reason"], r["detail"]) for r in rows}
 
 
+def _artifact(key: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return list(client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))))
+
+
 def _samples(shards: Path) -> list[dict[str, Any]]:
     out = []
     for tar_path in sorted(shards.glob("*.tar")):
@@ -119,6 +127,16 @@ def test_curate_flow_removes_embedding_duplicates_and_leaks_and_writes_a_balance
     assert rule["embedders"]["semantic"]["model_id"].startswith("dinoflow-backbone/vit_pico")
     assert (
         rule["thresholds"]["near_duplicate_cosine"] == 0.95 and rule["thresholds"]["eval_leak_cosine"] == 0.95
+    )
+
+    # each stage published its counts, and its report embeds its PNGs
+    for key in ("semantic-dedup-counts", "leak-removal-counts"):
+        assert _artifact(key), key
+    for key in ("semantic-dedup", "leak-removal", "cluster"):
+        (report,) = _artifact(key)[:1]
+        assert "data:image/png;base64," in report.data, key
+    assert (
+        (Path(cfg.catalog) / "runs" / first["cluster"]["clustering_id"] / "cluster-sizes.png").stat().st_size
     )
 
     # incremental: two new photos, only they are embedded
