@@ -168,7 +168,7 @@ def embed_items(
     ``cfg.partition_size`` images; None: this process, or one process per visible GPU.
     """
     todo, already = missing_items(catalog, descriptor.model_id, items)
-    result = run_embedding(catalog, descriptor, todo.to_pylist(), cfg, run_id, progress, dask_address)
+    result = run_embedding(catalog, descriptor, todo, cfg, run_id, progress, dask_address)
     about = {"model_id": descriptor.model_id, "kind": descriptor.kind, "dim": descriptor.dim}
     return {**about, "input_size": descriptor.input_size, "already": already, **result}
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from data_catalog.catalog import Catalog
@@ -100,8 +101,12 @@ def remember_source(descriptor: Descriptor, path: str | Path, input_size: int | 
     _SOURCES[descriptor] = (str(Path(path).resolve()), input_size)
 
 
-def chunks(rows: list[Row], size: int) -> list[list[Row]]:
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
+def chunks(rows: pa.Table, size: int) -> list[pa.Table]:
+    """``rows`` (image_id, uri) in slices of ``size``, each compacted (``take``), so that pickled for
+    another process or a Dask worker it carries its own rows only, not the whole table's buffers."""
+    return [
+        rows.take(pa.array(np.arange(i, min(i + size, rows.num_rows)))) for i in range(0, rows.num_rows, size)
+    ]
 
 
 def _error_text(exc: BaseException) -> str:
@@ -177,7 +182,7 @@ def _embed_chunk(
 def embed_rows(
     catalog: Catalog,
     descriptor: Descriptor,
-    rows: list[Row],
+    rows: pa.Table,
     cfg: Any,
     run_id: str,
     device: str,
@@ -188,7 +193,8 @@ def embed_rows(
     rows it finished."""
     inserted, failed = 0, []
     tick = on_progress or (lambda n: None)
-    for chunk in chunks(rows, cfg.partition_size):
+    for part in chunks(rows, cfg.partition_size):
+        chunk: list[Row] = part.to_pylist()
         with UriReader(wanted=[r["uri"] for r in chunk], storage_options=catalog.storage_options) as reader:
             ids, vectors, fails = _embed_chunk(reader, descriptor, chunk, cfg, device, tick)
         failed += fails
@@ -222,7 +228,7 @@ def load_spec(spec: Spec) -> Descriptor:
     return _LOADED[key]
 
 
-def _dask_task(catalog: Catalog, spec: Spec, rows: list[Row], cfg: Any, run_id: str) -> tuple[int, list]:
+def _dask_task(catalog: Catalog, spec: Spec, rows: pa.Table, cfg: Any, run_id: str) -> tuple[int, list]:
     """One chunk on a Dask worker ("auto": the worker's GPU when it has one)."""
     device = resolve_device(cfg.device)
     descriptor = load_spec(spec).to(device)
@@ -230,7 +236,7 @@ def _dask_task(catalog: Catalog, spec: Spec, rows: list[Row], cfg: Any, run_id: 
 
 
 def _process_main(
-    rank: int, device: str, catalog: Catalog, spec: Spec, rows: list[Row], cfg: Any, run_id: str, out: Any
+    rank: int, device: str, catalog: Catalog, spec: Spec, rows: pa.Table, cfg: Any, run_id: str, out: Any
 ) -> None:
     """A spawned per-device process: embeds its rows, reporting progress and the result on ``out``."""
     try:
@@ -249,7 +255,7 @@ def _on_processes(
     devices: list[str],
     catalog: Catalog,
     spec: Spec,
-    rows: list[Row],
+    rows: pa.Table,
     cfg: Any,
     run_id: str,
     progress: Callable[[int], None],
@@ -258,9 +264,10 @@ def _on_processes(
     ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
     out = ctx.Queue()
     parts = chunks(rows, cfg.partition_size)
+    devices = devices[: len(parts)]  # fewer chunks than devices: the rest stay idle
     procs = []
     for rank, device in enumerate(devices):
-        mine = [row for part in parts[rank :: len(devices)] for row in part]
+        mine = pa.concat_tables(parts[rank :: len(devices)])  # whole chunks: the same commits as here
         args = (rank, device, catalog, spec, mine, cfg, run_id, out)
         procs.append(ctx.Process(target=_process_main, args=args, name=f"embed-{device}", daemon=True))
     for proc in procs:
@@ -296,17 +303,17 @@ def _on_processes(
 def run_embedding(
     catalog: Catalog,
     descriptor: Descriptor,
-    rows: list[Row],
+    rows: pa.Table,
     cfg: Any,
     run_id: str,
     progress: Callable[[int, int], None] | None = None,
     dask_address: str | None = None,
 ) -> dict[str, Any]:
-    """Embed ``rows`` where ``cfg`` and ``dask_address`` say (module docstring) -> ``{"embedded",
+    """Embed ``rows`` (an arrow table: image_id, uri) where ``cfg`` and ``dask_address`` say (module docstring) -> ``{"embedded",
     "failed", "device", "bf16", "processes", "chunks"}`` (``processes``: local processes, None on
     Dask; ``chunks``: commits of up to ``cfg.partition_size`` vectors, one Dask task each there);
     ``progress(done, total)`` from ``(0, total)``."""
-    total, done = len(rows), [0]
+    total, done = rows.num_rows, [0]
 
     def advance(n: int) -> None:
         done[0] += n
@@ -319,7 +326,7 @@ def run_embedding(
         from curation.parallel import run_tasks
 
         parts = chunks(rows, cfg.partition_size)
-        sizes = [len(p) for p in parts]
+        sizes = [p.num_rows for p in parts]
         spec = spec_of(descriptor)
         results = run_tasks(
             _dask_task,
@@ -340,4 +347,4 @@ def run_embedding(
         inserted, failed = embed_rows(catalog, descriptor, rows, cfg, run_id, devices[0], advance)
     return {"embedded": inserted, "failed": failed, "device": ",".join(devices),
             "bf16": use_bf16(devices[0], cfg.precision), "processes": len(devices),
-            "chunks": len(chunks(rows, cfg.partition_size))}  # fmt: skip
+            "chunks": -(-total // cfg.partition_size)}  # fmt: skip
