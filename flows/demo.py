@@ -41,7 +41,7 @@ def planted_vs_found(planted: dict[str, int], counts: list[dict[str, object]]) -
     table.add_row(
         "edited near-duplicates",
         str(planted["near_duplicates"]),
-        str(found("duplicate", "near_duplicate_phash")),
+        str(found("duplicate", "near_duplicate_phash") + found("duplicate", "near_duplicate_embedding")),
     )
     table.add_row("broken / unusable files", str(planted["broken"]), str(found("rejected")))
     return table

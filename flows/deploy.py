@@ -33,7 +33,8 @@ def nightly_deployment(
         name=DEPLOYMENT_NAME,
         schedules=[Cron(cron, timezone=timezone)],
         parameters={"config": config.model_dump(mode="json")},
-        description="Nightly: ingest new images, filter, deduplicate, write a dataset version, pretrain.",
+        description="Nightly: ingest new images, filter, embed, deduplicate (hashes, copy vectors), remove "
+        "eval leaks, cluster, write a balanced dataset version, pretrain.",
         tags=["dinoflow", "nightly"],
         # Import the flow by module path: a file-path entrypoint puts flows/ on sys.path, where
         # flows/<stage>.py modules could shadow the top-level packages.

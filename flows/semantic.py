@@ -10,6 +10,7 @@ the stage) and a markdown report with its PNGs embedded as data URIs (also saved
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -62,6 +63,22 @@ def _embed_dask(config: PipelineConfig) -> str | None:
     return address if address not in (None, "sync") else None
 
 
+def embed_progress(role: str, model_id: str) -> Callable[[int, int], None]:
+    """``progress(done, total)`` for the embed stage: the Prefect progress artifact, and a log line
+    (on the console and in the UI) at every further tenth of the images."""
+    progress = start_progress(f"embed-{role}-progress", f"{role} vectors ({model_id})")
+    logger, shown = get_run_logger(), [-1]
+
+    def on_progress(done: int, total: int) -> None:
+        set_progress(progress, 100.0 * done / total if total else 100.0)
+        tenth = 10 * done // total if total else 10
+        if total and tenth > shown[0] and done:
+            shown[0] = tenth
+            logger.info("embedding %s vectors: %d / %d images (%d%%)", role, done, total, 100 * done // total)
+
+    return on_progress
+
+
 @flow(name="embed")
 def embed_stage(config: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Vectors for every accepted or duplicate image without one, per embedder the enabled stages
@@ -74,15 +91,12 @@ def embed_stage(config: PipelineConfig, run_id: str) -> dict[str, Any]:
     for role in needed_roles(config):
         path = checkpoint_for(config, role)
         descriptor = load_embedder(path, role)
-        progress = start_progress(f"embed-{role}-progress", f"{role} vectors ({descriptor.model_id})")
-
-        def on_progress(done: int, total: int, progress: Any = progress) -> None:
-            set_progress(progress, 100.0 * done / total if total else 100.0)
+        on_progress = embed_progress(role, descriptor.model_id)
 
         result = embed_catalog(
             catalog, descriptor, config.curate.embed, run_id, on_progress, _embed_dask(config)
         )
-        set_progress(progress, 100.0)
+        on_progress(1, 1)
         failed = result.get("failed", [])
         logger.info(
             "%s embedder %s (%s): %d embedded, %d already had a vector, %d failed",
