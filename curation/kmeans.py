@@ -7,10 +7,10 @@ centroids from following the density of the data toward covering its support eve
 re-assign every point of the level to the new centroids (reference: facebookresearch/
 ssl-data-curation, ``hierarchical_kmeans_with_resampling``; our code is written from the paper).
 
-Counting: ``resampling_steps`` here is the number of resampling steps *after* the level's first
-k-means (0 = plain k-means). The reference's web-images config writes ``n_resampling_steps: [1, 10,
-10, 10]`` counting every k-means run of a level (its 1 = no resampling), which is ``[0, 9, 9, 9]``
-here.
+Counting: ``ClusterConfig.resampling_steps`` counts the k-means runs of a level as the reference
+does (``n_resampling_steps`` in its configs): 1 = plain k-means, n = the first run plus n - 1
+resampling steps; the paper's web-images config is ``[1, 10, 10, 10]``. :func:`resampled_kmeans`
+takes the number of resampling steps after the first run (``runs - 1``).
 
 faiss notes: ``faiss.Kmeans`` trains on at most ``k * max_points_per_centroid`` points and
 subsamples silently above that (its default is 256); :func:`kmeans` passes a value that keeps every
@@ -160,6 +160,7 @@ def resampled_kmeans(
     max_points_per_centroid: int | None = None,
     gpu: bool = False,
     on_step: Callable[[], None] | None = None,
+    init: Init = "kmeans++",
 ) -> KMeansResult:
     """One level of Vo et al. 2024: k-means of ``x`` [N, D], then ``steps`` resampling steps.
 
@@ -169,7 +170,7 @@ def resampled_kmeans(
     points. When empty clusters leave fewer than ``k`` sampled points, the per-cluster sample grows
     (doubling) until there are ``k``.
     """
-    result = kmeans(x, k, n_iter, seed, max_points_per_centroid, gpu)
+    result = kmeans(x, k, n_iter, seed, max_points_per_centroid, gpu, init)
     if on_step:
         on_step()
     for step in range(1, steps + 1):
@@ -178,7 +179,7 @@ def resampled_kmeans(
         while len(chosen) < k:
             per *= 2
             chosen = closest_per_cluster(result.assign, result.distances, per)
-        fitted = kmeans(x[chosen], k, n_iter, seed + step, max_points_per_centroid, gpu)
+        fitted = kmeans(x[chosen], k, n_iter, seed + step, max_points_per_centroid, gpu, init)
         assign, dist = assign_to(x, fitted.centroids, gpu)
         result = KMeansResult(fitted.centroids, assign, dist, float(dist.astype(np.float64).sum()))
         if on_step:
@@ -236,14 +237,16 @@ def check_levels(n: int, n_clusters: list[int]) -> None:
 def hierarchical_kmeans(x: np.ndarray, cfg: Any, progress: Progress | None = None) -> Hierarchy:
     """Hierarchical k-means of ``x`` [N, D] by ``cfg`` (a ``curation.config.ClusterConfig``).
 
-    ``progress(done, total)`` is called after each k-means run; total = sum over levels of
-    ``1 + resampling steps``. Level ``l``'s seed is ``cfg.seed + 1000 * l``.
+    ``progress(done, total)`` is called after each k-means run; total = the sum over levels of
+    ``cfg.resampling_steps`` (k-means runs per level, 1 = plain k-means). Level ``l``'s seed is ``cfg.seed + 1000 * l``. Initialisation:
+    ``cfg.init`` when the config has it, else k-means++ (as the reference).
     """
     x = _as_f32(x)
     n_levels = len(cfg.n_clusters)
     check_levels(len(x), list(cfg.n_clusters))
     use_gpu = resolve_gpu(cfg.gpu)
-    total = sum(1 + cfg.level(i)[1] for i in range(n_levels))
+    init: Init = getattr(cfg, "init", "kmeans++")
+    total = sum(cfg.level(i)[1] for i in range(n_levels))
     done = [0]
 
     def tick() -> None:
@@ -258,11 +261,11 @@ def hierarchical_kmeans(x: np.ndarray, cfg: Any, progress: Progress | None = Non
     distances = np.zeros(len(x), np.float32)
     points = x
     for level in range(n_levels):
-        k, steps, sample_size = cfg.level(level)
+        k, runs, sample_size = cfg.level(level)
         start = time.perf_counter()
         res = resampled_kmeans(
-            points, k, steps, sample_size, cfg.n_iter, cfg.seed + 1000 * level,
-            cfg.max_points_per_centroid, use_gpu, tick,
+            points, k, runs - 1, sample_size, cfg.n_iter, cfg.seed + 1000 * level,
+            cfg.max_points_per_centroid, use_gpu, tick, init,
         )  # fmt: skip
         seconds.append(time.perf_counter() - start)
         log.info("k-means level %d: %d -> %d clusters in %.1f s", level, len(points), k, seconds[-1])

@@ -72,7 +72,7 @@ def test_k_above_points_is_one_line_error() -> None:
     with pytest.raises(ValueError, match="level 0 asks for 2000 clusters but has only 1000 points"):
         hierarchical_kmeans(
             np.zeros((1000, 4), np.float32),
-            ClusterConfig(n_clusters=[2000, 10], resampling_steps=[0], sample_sizes=[4]),
+            ClusterConfig(n_clusters=[2000, 10], resampling_steps=[1], sample_sizes=[4]),
         )
 
 
@@ -116,7 +116,7 @@ def test_resampling_spreads_centroids_over_the_support() -> None:
 def test_hierarchy_properties() -> None:
     x, _ = skewed(n=5000)
     cfg = ClusterConfig(
-        n_clusters=[100, 20, 5], resampling_steps=[0, 3, 3], sample_sizes=[4, 2, 2], n_iter=10
+        n_clusters=[100, 20, 5], resampling_steps=[1, 4, 4], sample_sizes=[4, 2, 2], n_iter=10
     )
     calls: list[tuple[int, int]] = []
     h = hierarchical_kmeans(x, cfg, progress=lambda done, total: calls.append((done, total)))

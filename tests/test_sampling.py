@@ -111,7 +111,7 @@ def test_balancing_flattens_a_skewed_pool() -> None:
     w = 1.0 / (np.arange(30) + 1) ** 1.5
     labels = rng.choice(30, 6000, p=w / w.sum())
     x = (rng.normal(size=(30, 16))[labels] * 2 + 0.5 * rng.normal(size=(6000, 16))).astype(np.float32)
-    cfg = ClusterConfig(n_clusters=[120, 30], resampling_steps=[0, 3], sample_sizes=[4, 2], n_iter=10)
+    cfg = ClusterConfig(n_clusters=[120, 30], resampling_steps=[1, 4], sample_sizes=[4, 2], n_iter=10)
     h = hierarchical_kmeans(x, cfg)
     picked = balanced_sample(h, 600, "random", seed=0)
     pool_share = np.bincount(labels).max() / len(labels)
