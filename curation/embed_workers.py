@@ -132,8 +132,9 @@ def decoded(
         except Exception as exc:  # any unreadable file is a listed failure, never a crash
             return _error_text(exc)
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="embed-decode") as pool:
-        pending: deque[tuple[Row, Future[torch.Tensor]]] = deque()
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="embed-decode")
+    pending: deque[tuple[Row, Future[torch.Tensor]]] = deque()
+    try:
         for row in rows:
             pending.append((row, pool.submit(_load, reader, row["uri"], descriptor, draft)))
             if len(pending) >= ahead:
@@ -142,6 +143,8 @@ def decoded(
         while pending:
             done, future = pending.popleft()
             yield done, result(future)
+    finally:  # the consumer stopped (an error, an interrupt): drop the decodes not yet started
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 Failure = dict[str, str]  # {"image_id", "uri", "error"}
