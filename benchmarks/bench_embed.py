@@ -122,13 +122,18 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path) -> tuple[list[di
 
     fns = {"stage: catalog images -> embeddings table": stage, "bare forward pass on tensors": bare,
            "decode + preprocess only (stage's threads)": decode_only, "commits only (write_embeddings)": commits_only}  # fmt: skip
-    times: dict[str, list[float]] = {k: [] for k in fns}
     decode_only()  # warm the page cache
-    for _ in range(args.rounds):
+    embeddings = Path(catalog.root) / "tables" / "embeddings"
+    return alternate(fns, n, args.rounds, lambda: shutil.rmtree(embeddings, ignore_errors=True)), descriptor
+
+
+def alternate(fns: dict[str, Any], n: int, rounds: int, reset: Any) -> list[dict[str, Any]]:
+    """Each function once per round, in turn (``reset()`` before each, untimed) -> rows of images/s
+    of the best and the median round, and the best against the second function's (the baseline)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
         for name, fn in fns.items():
-            shutil.rmtree(
-                Path(catalog.root) / "tables" / "embeddings", ignore_errors=True
-            )  # all embedded again
+            reset()  # the stage embeds every image again
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -137,7 +142,7 @@ def run(args: argparse.Namespace, files: list[Path], tmp: Path) -> tuple[list[di
     ]
     for row in rows:
         row["ratio"] = row["best"] / rows[1]["best"]
-    return rows, descriptor
+    return rows
 
 
 def commit_scaling(args: argparse.Namespace, tmp: Path) -> str:
