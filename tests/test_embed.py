@@ -154,6 +154,23 @@ def test_tar_members_plain_and_gzipped_are_read_by_uri(tmp_path: Path, semantic:
     np.testing.assert_allclose(vectors, direct(semantic, paths), atol=2e-3)
 
 
+def test_fsspec_urls_are_read_like_local_files(tmp_path: Path, semantic: Descriptor) -> None:
+    import fsspec
+
+    paths = make_pngs(tmp_path / "png", 3, seed=4)
+    fs = fsspec.filesystem("memory")
+    uris = []
+    for p in paths:
+        fs.pipe(f"/embed-test/{p.name}", p.read_bytes())
+        uris.append(f"memory:///embed-test/{p.name}")
+    items = items_of(paths).set_column(1, "uri", pa.array(uris))
+    catalog = Catalog(str(tmp_path / "cat"))
+    assert E.embed_items(catalog, semantic, items, CFG, "run-1")["embedded"] == 3
+    _, vectors = read_embeddings(catalog, semantic.model_id, items.column("image_id").to_pylist())
+    np.testing.assert_allclose(vectors, direct(semantic, paths), atol=2e-3)
+    fs.rm("/embed-test", recursive=True)
+
+
 def test_a_checkpoint_of_the_wrong_kind_is_a_one_line_error(tmp_path: Path) -> None:
     backbone = tiny_backbone(tmp_path / "bb.safetensors")
     with pytest.raises(CheckpointError) as info:
