@@ -113,15 +113,14 @@ def _sizes_markdown(catalog: Catalog, run_id: str, before: np.ndarray, after: np
     )
 
 
-def _grid_markdown(catalog: Catalog, run_id: str, selection: pa.Table, seed: int) -> str:
-    """A grid of selected images from a few level-0 clusters (largest, smallest and between)."""
+def _grid_markdown(catalog: Catalog, run_id: str, level0: np.ndarray, uris: list[str], seed: int) -> str:
+    """A grid of selected images (``uris``, level-0 clusters ``level0``) from a few clusters: the
+    largest, the smallest and between."""
     from curation.plots import cluster_grid, pick_grid_clusters
 
-    if selection.num_rows == 0:
+    if len(uris) == 0:
         return ""
-    level0 = np.array([ids[0] for ids in selection.column("cluster_ids").to_pylist()], dtype=np.int64)
-    groups = pick_grid_clusters(level0, selection.column("uri").to_pylist(), seed=seed)
-    data = cluster_grid(catalog, groups)
+    data = cluster_grid(catalog, pick_grid_clusters(level0, uris, seed=seed))
     return "## Selected images of a few clusters\n\n" + png_markdown(
         data, "sample grid", save_png(catalog, run_id, "sample-grid", data)
     )
@@ -178,10 +177,12 @@ def cluster_stage(config: PipelineConfig, run_id: str, semantic_model_id: str) -
     logger.info(
         "clustered %d images into %s clusters; selected %d", pool.num_rows, cfg.n_clusters, len(picked)
     )
+    uris = selection.column("uri").to_pylist()
+    grid = _grid_markdown(catalog, run_id, levels[picked, 0], uris, config.curate.sample.seed)
     publish_markdown(
         "cluster",
         "# Clusters and the balanced selection\n\n" + table_markdown([summary])
-        + _sizes_markdown(catalog, run_id, before, after) + _grid_markdown(catalog, run_id, selection, config.curate.sample.seed),
+        + _sizes_markdown(catalog, run_id, before, after) + grid,
         "hierarchical k-means and balanced sampling",
     )  # fmt: skip
     return summary
