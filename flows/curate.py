@@ -1,8 +1,9 @@
 """The ``curate`` flow: ingest -> filter -> embed -> hash dedup -> semantic dedup -> leak removal ->
 cluster -> sample -> dataset version. Ingest runs one Prefect task per partition on Dask; the
 semantic stages are sub-flows (``flows/semantic.py``, ``flows/clustering.py``), each switched by its
-``enabled`` (leak removal by having ``--eval-set``s). Embedding runs before hash dedup (it embeds
-accepted and duplicate images alike, so the order costs nothing). Without vectors (embedding off, or no
+``enabled`` (leak removal by having ``--eval-set``s). Embedding runs before hash dedup, so the copy
+vectors can confirm pHash links between small images (it embeds accepted and duplicate images
+alike, and each image id once, so the order costs nothing). Without vectors (embedding off, or no
 stage needing them) the dataset version is a uniform sample of the accepted images, as before."""
 
 from __future__ import annotations
@@ -53,8 +54,18 @@ def commit_ingest(catalog: str, staging: list[str], run_id: str) -> int:
 
 @task(name="hash-dedup")
 def hash_dedup(config: PipelineConfig, run_id: str, copy_model_id: str | None = None) -> dict[str, Any]:
-    """Exact and pHash groups over the whole catalog."""
-    return hashdedup.apply_hash_dedup(Catalog(config.catalog), config.curate.dedup, run_id)
+    """Exact and pHash groups over the whole catalog. With ``curate.semdedup.confirm_phash``, a pHash
+    link between different files stands when the smaller image is >= 64 px, or when their copy
+    vectors agree (cosine >= ``confirm_threshold``, else ``threshold``); without vectors only at
+    distance 0 (``curation.neardup.phash_confirmer``, measured in docs/semantic-dedup.md)."""
+    catalog, cur = Catalog(config.catalog), config.curate
+    confirm = None
+    if cur.semdedup.confirm_phash:
+        from curation.neardup import phash_confirmer
+
+        min_cosine = cur.semdedup.confirm_threshold or cur.semdedup.threshold
+        confirm = phash_confirmer(catalog, copy_model_id, min_cosine, cur.dedup.phash_radius)
+    return hashdedup.apply_hash_dedup(catalog, cur.dedup, run_id, confirm=confirm)
 
 
 def _run_id() -> str:

@@ -64,17 +64,20 @@ def _embed_dask(config: PipelineConfig) -> str | None:
 
 
 def embed_progress(role: str, model_id: str) -> Callable[[int, int], None]:
-    """``progress(done, total)`` for the embed stage: the Prefect progress artifact, and a log line
-    (on the console and in the UI) at every further tenth of the images."""
+    """``progress(done, total)`` for the embed stage: the Prefect progress artifact (updated when the
+    whole percentage changes: at most 100 API calls at any scale), and a log line (console and UI) at
+    every further tenth of the images."""
     progress = start_progress(f"embed-{role}-progress", f"{role} vectors ({model_id})")
-    logger, shown = get_run_logger(), [-1]
+    logger, percent_set, tenth_shown = get_run_logger(), [0], [0]
 
     def on_progress(done: int, total: int) -> None:
-        set_progress(progress, 100.0 * done / total if total else 100.0)
-        tenth = 10 * done // total if total else 10
-        if total and tenth > shown[0] and done:
-            shown[0] = tenth
-            logger.info("embedding %s vectors: %d / %d images (%d%%)", role, done, total, 100 * done // total)
+        percent = 100 * done // total if total else 100
+        if percent > percent_set[0]:  # at most 100 API calls, however many batches
+            percent_set[0] = percent
+            set_progress(progress, float(percent))
+        if percent // 10 > tenth_shown[0]:
+            tenth_shown[0] = percent // 10
+            logger.info("embedding %s vectors: %d / %d images (%d%%)", role, done, total, percent)
 
     return on_progress
 
