@@ -148,6 +148,11 @@ class EmbedConfig(_Config):
     storage_dtype: Literal["float16", "float32"] = Field(
         default="float16", description="Dtype of the stored (L2-normalised) vectors."
     )
+    jpeg_draft: bool = Field(
+        default=True,
+        description="Decode JPEGs at the smallest DCT scale still >= the embedder's input side before "
+        "resizing (2.2x faster at 64 px on the shared photos; benchmarks/results/embed.md).",
+    )
 
 
 class SemanticDedupConfig(_Config):

@@ -3,7 +3,7 @@
 The inner loop (:func:`embed_rows`), the same everywhere: rows (image_id, uri) in chunks of
 ``cfg.partition_size``; per chunk, ``cfg.decode_workers`` threads read each uri's bytes
 (``data_catalog.uris.UriReader``), open them with the one image opener (JPEGs DCT-draft decoded
-to at least the descriptor's S x S when ``getattr(cfg, "jpeg_draft", True)``) and preprocess them, a bounded number
+to at least the descriptor's S x S when ``cfg.jpeg_draft``) and preprocess them, a bounded number
 ahead of the forward pass (PIL and torch release the GIL, so decoding overlaps the network);
 batches of ``cfg.batch_size`` go through the descriptor (bf16 autocast on CUDA); the chunk's
 vectors are committed in one ``write_embeddings`` before the next chunk starts.
@@ -165,7 +165,7 @@ def _embed_chunk(
     vectors = [np.zeros((0, descriptor.dim), np.float32)]
     failed: list[Failure] = []
     batch: list[torch.Tensor] = []
-    draft = bool(getattr(cfg, "jpeg_draft", True))
+    draft = bool(cfg.jpeg_draft)
     stream = decoded(reader, chunk, descriptor, cfg.decode_workers, draft, ahead)
     for n, (row, image) in enumerate(stream, start=1):
         if isinstance(image, str):
