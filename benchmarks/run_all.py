@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "train": ["benchmarks.bench_train", "--steps", "30"],
     "eval_features": ["benchmarks.bench_eval_features"],
     "embed": ["benchmarks.bench_embed", "--images", "500", "--rounds", "3"],
+    "kmeans": ["benchmarks.bench_kmeans"],
     "linear_probe": ["benchmarks.bench_linear_probe"],
 }
 

@@ -232,6 +232,11 @@ class ClusterConfig(_Config):
         "point (faiss's own default, 256, subsamples silently).",
     )
     seed: int = Field(default=0, description="Seed of every k-means run.")
+    init: Literal["kmeans++", "random"] = Field(
+        default="kmeans++",
+        description="Centroid initialisation: k-means++ (costs about 5 Lloyd iterations with faiss) or random "
+        "points (faiss's default; cheaper at millions of clusters).",
+    )
     gpu: Literal["auto", "on", "off"] = Field(
         default="auto", description="faiss GPU k-means (auto: when present)."
     )

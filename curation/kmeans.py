@@ -245,7 +245,7 @@ def hierarchical_kmeans(x: np.ndarray, cfg: Any, progress: Progress | None = Non
     n_levels = len(cfg.n_clusters)
     check_levels(len(x), list(cfg.n_clusters))
     use_gpu = resolve_gpu(cfg.gpu)
-    init: Init = getattr(cfg, "init", "kmeans++")
+    init: Init = cfg.init
     total = sum(cfg.level(i)[1] for i in range(n_levels))
     done = [0]
 
