@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from data_catalog.catalog import Catalog
 from data_catalog.images import accepted
@@ -139,13 +140,68 @@ def balanced_selection(config: PipelineConfig, pool: pa.Table, h: Any, x: np.nda
     )
 
 
+def _levels_table(h: Any) -> list[dict[str, Any]]:
+    rows = []
+    for level in range(h.n_levels):
+        sizes = h.sizes(level)
+        rows.append({
+            "level": level, "clusters": len(sizes), "empty": int((sizes == 0).sum()),
+            "largest": int(sizes.max()), "median": float(np.median(sizes)), "smallest": int(sizes.min()),
+            "inertia": round(float(h.inertia[level]), 4) if h.inertia else None,
+            "seconds": round(float(h.seconds[level]), 3) if h.seconds else None,
+        })  # fmt: skip
+    return rows
+
+
+@task(name="hierarchical-kmeans", cache_policy=NO_CACHE)
+def kmeans_task(config: PipelineConfig, run_id: str, model_id: str, pool: pa.Table, x: np.ndarray) -> Any:
+    """Hierarchical k-means of the pool's vectors -> the ``clusters`` table; returns the Hierarchy."""
+    from curation.kmeans import hierarchical_kmeans
+    from data_catalog.clusters import write_clusters
+
+    cfg = config.curate.cluster
+    progress = start_progress("cluster-progress", "k-means runs")
+    try:
+        h = hierarchical_kmeans(x, cfg, lambda done, total: set_progress(progress, 100.0 * done / total))
+    except ValueError as exc:  # a level finer than the pool: the user's config
+        raise ConfigError(f"curate.cluster.n_clusters: {exc}") from None
+    ids = pool.column("image_id").to_pylist()
+    catalog = Catalog(config.catalog)
+    write_clusters(catalog, run_id, model_id, ids, h.levels_matrix(), h.distances, cfg.model_dump())
+    return h
+
+
+@task(name="sample", cache_policy=NO_CACHE)
+def sample_task(config: PipelineConfig, run_id: str, pool: pa.Table, h: Any, x: np.ndarray) -> dict[str, Any]:
+    """The balanced selection -> ``runs/<run_id>/selection.parquet``; its report: cluster sizes before
+    and after rebalancing, a grid of selected images from a few clusters."""
+    catalog, sample = Catalog(config.catalog), config.curate.sample
+    levels = h.levels_matrix()
+    picked = balanced_selection(config, pool, h, x)
+    selection = _with_clusters(pool, run_id, levels).take(pa.array(picked, pa.int64()))
+    uri = write_selection(catalog, run_id, selection)
+    before, after = h.sizes(0), np.bincount(levels[picked, 0], minlength=len(h.sizes(0)))
+    summary = {
+        "mode": sample.mode, "strategy": sample.strategy, "target_size": sample_target(config, pool.num_rows),
+        "seed": sample.seed, "pool": pool.num_rows, "selected": int(len(picked)),
+        "largest_cluster_before": int(before.max()), "largest_cluster_after": int(after.max()), "selection": uri,
+    }  # fmt: skip
+    grid = _grid_markdown(
+        catalog, run_id, levels[picked, 0], selection.column("uri").to_pylist(), sample.seed
+    )
+    publish_markdown(
+        "sample",
+        "# Balanced selection\n\n" + table_markdown([summary]) + _sizes_markdown(catalog, run_id, before, after)
+        + grid,
+        "balanced hierarchical sampling",
+    )  # fmt: skip
+    return summary
+
+
 @flow(name="cluster")
 def cluster_stage(config: PipelineConfig, run_id: str, semantic_model_id: str) -> dict[str, Any]:
     """Hierarchical k-means of the pool -> ``clusters`` table -> balanced selection; returns counts
     and the selection's uri."""
-    from curation.kmeans import hierarchical_kmeans
-    from data_catalog.clusters import write_clusters
-
     logger = get_run_logger()
     catalog, cfg = Catalog(config.catalog), config.curate.cluster
     pool, x, missing = semantic_pool(catalog, semantic_model_id)
@@ -154,35 +210,23 @@ def cluster_stage(config: PipelineConfig, run_id: str, semantic_model_id: str) -
             "%d accepted images have no %s vector: left out of clustering", missing, semantic_model_id
         )
     sample_target(config, pool.num_rows)  # a target above the pool stops here, before any k-means
-    progress = start_progress("cluster-progress", "k-means runs")
-    try:
-        h = hierarchical_kmeans(x, cfg, lambda done, total: set_progress(progress, 100.0 * done / total))
-    except ValueError as exc:  # a level finer than the pool: the user's config
-        raise ConfigError(f"curate.cluster.n_clusters: {exc}") from None
-    levels = h.levels_matrix()
-    ids = pool.column("image_id").to_pylist()
-    version = write_clusters(catalog, run_id, semantic_model_id, ids, levels, h.distances, cfg.model_dump())
-    picked = balanced_selection(config, pool, h, x)
-    selection = _with_clusters(pool, run_id, levels).take(pa.array(picked, pa.int64()))
-    uri = write_selection(catalog, run_id, selection)
-    before, after = h.sizes(0), np.bincount(levels[picked, 0], minlength=len(h.sizes(0)))
-    summary = {
-        "clustering_id": run_id, "model_id": semantic_model_id, "pool": pool.num_rows,
-        "without_vectors": missing, "n_clusters": list(cfg.n_clusters), "selected": int(len(picked)),
-        "mode": config.curate.sample.mode, "strategy": config.curate.sample.strategy,
-        "target_size": sample_target(config, pool.num_rows), "seed": config.curate.sample.seed,
-        "largest_cluster_before": int(before.max()), "largest_cluster_after": int(after.max()),
-        "clusters_table_version": version, "selection": uri,
-    }  # fmt: skip
-    logger.info(
-        "clustered %d images into %s clusters; selected %d", pool.num_rows, cfg.n_clusters, len(picked)
-    )
-    uris = selection.column("uri").to_pylist()
-    grid = _grid_markdown(catalog, run_id, levels[picked, 0], uris, config.curate.sample.seed)
+    h = kmeans_task(config, run_id, semantic_model_id, pool, x)
+    levels = _levels_table(h)
     publish_markdown(
         "cluster",
-        "# Clusters and the balanced selection\n\n" + table_markdown([summary])
-        + _sizes_markdown(catalog, run_id, before, after) + grid,
-        "hierarchical k-means and balanced sampling",
-    )  # fmt: skip
-    return summary
+        f"# Hierarchical k-means\n\n{pool.num_rows} images ({missing} accepted without a vector), "
+        f"`{semantic_model_id}`, clustering id `{run_id}`\n\n" + table_markdown(levels),
+        "hierarchical k-means: clusters, sizes, inertia and time per level",
+    )
+    summary = sample_task(config, run_id, pool, h, x)
+    logger.info(
+        "clustered %d images into %s clusters; selected %d",
+        pool.num_rows,
+        cfg.n_clusters,
+        summary["selected"],
+    )
+    return {
+        **summary, "clustering_id": run_id, "model_id": semantic_model_id, "without_vectors": missing,
+        "n_clusters": list(cfg.n_clusters), "levels": levels,
+        "clusters_table_version": catalog.version("clusters"),
+    }  # fmt: skip

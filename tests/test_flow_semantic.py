@@ -132,7 +132,8 @@ def test_curate_flow_removes_embedding_duplicates_and_leaks_and_writes_a_balance
     # each stage published its counts, and its report embeds its PNGs
     for key in ("semantic-dedup-counts", "leak-removal-counts"):
         assert _artifact(key), key
-    for key in ("semantic-dedup", "leak-removal", "cluster"):
+    assert "| level | clusters |" in _artifact("cluster")[0].data
+    for key in ("semantic-dedup", "leak-removal", "sample"):
         (report,) = _artifact(key)[:1]
         assert "data:image/png;base64," in report.data, key
     assert (
