@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
@@ -138,3 +143,30 @@ def test_hierarchy_properties() -> None:
     assert h.levels_matrix().shape == (5000, 3)
     again = hierarchical_kmeans(x, cfg)
     assert all((a == b).all() for a, b in zip(h.assign, again.assign, strict=True))
+
+
+@pytest.mark.slow
+def test_benchmark_command_runs(tmp_path: Path) -> None:
+    out = tmp_path / "kmeans.md"
+    cmd = [sys.executable, "-m", "benchmarks.bench_kmeans", "--n", "3000", "--dim", "32", "--k", "30"]
+    cmd += ["--h-n", "4000", "--h-levels", "40", "8", "--h-steps", "1", "3", "--h-sizes", "1", "2"]
+    cmd += ["--target", "500", "--threads", "1", "--out", str(out)]
+    subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True)
+    text = out.read_text()
+    assert text.count("| same start (random sample) |") == 1 and "| own default init |" in text
+    assert re.search(r"^\| 1 \| 40 -> 8 \| 3 \| 2 \| [\d.]+ s \|", text, re.M)
+    assert "Balanced sampling of 500 from 4,000" in text
+
+
+@pytest.mark.gpu
+def test_gpu_and_cpu_paths_agree() -> None:
+    import faiss
+
+    if faiss.get_num_gpus() == 0:
+        pytest.skip("faiss sees no GPU (faiss-cpu, or no CUDA device)")
+    x = blobs()
+    start = x[np.random.default_rng(1).choice(len(x), 20, replace=False)]
+    cpu = kmeans(x, 20, n_iter=10, init_centroids=start, gpu=False)
+    gpu = kmeans(x, 20, n_iter=10, init_centroids=start, gpu=True)
+    assert gpu.inertia == pytest.approx(cpu.inertia, rel=1e-4)
+    assert (gpu.assign == cpu.assign).mean() > 0.999
