@@ -192,8 +192,9 @@ def test_retrieval_selects_the_pool_images_nearest_the_seeds(
         shutil.copy(photo, source / photo.name)
     for photo in (photos[2], photos[7]):  # re-encoded copies: their nearest pool image is the original
         Image.open(photo).convert("RGB").save(seeds / f"{photo.stem}.png")
-    tree = {
-        "catalog": str(tmp_path / "catalog"), "source": str(source), "dask_address": "sync",
+    catalog = Catalog(str(tmp_path / "catalog"))
+    tree: dict[str, Any] = {
+        "catalog": catalog.root, "source": str(source), "dask_address": "sync",
         "dataset": {"name": "near"},
         "curate": {
             # the shipped bootstrap backbone (vit_pico): a random init's class tokens are near constant
@@ -204,15 +205,15 @@ def test_retrieval_selects_the_pool_images_nearest_the_seeds(
     }  # fmt: skip
     first = curate(PipelineConfig.model_validate(tree))
     assert "copy" not in first["embed"], "no stage needs copy vectors"
-    record = get_dataset(Catalog(tree["catalog"]), "near", 1)
+    record = get_dataset(catalog, "near", 1)
     names = sorted(Path(s["uri"]).name for s in _samples(Path(record.shards_uri)))
     assert names == sorted([photos[2].name, photos[7].name])
     rule = record.config["stage"]["selection"]
     assert rule["rule"] == "retrieval" and rule["seeds"] == 2 and rule["k"] == 1 and rule["pool"] == 10
 
     # a dataset version as the seed set: its own images come back
-    tree["curate"]["sample"]["retrieval_seed_set"] = "near:v1"  # type: ignore[index]
+    tree["curate"]["sample"]["retrieval_seed_set"] = "near:v1"
     second = curate(PipelineConfig.model_validate(tree))
-    again = get_dataset(Catalog(tree["catalog"]), "near", 2)
+    again = get_dataset(catalog, "near", 2)
     assert second["retrieval"]["seeds"] == 2 and again.num_samples == 2
     assert sorted(Path(s["uri"]).name for s in _samples(Path(again.shards_uri))) == names
