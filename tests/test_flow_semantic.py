@@ -140,15 +140,23 @@ def test_curate_flow_removes_embedding_duplicates_and_leaks_and_writes_a_balance
         (Path(cfg.catalog) / "runs" / first["cluster"]["clustering_id"] / "cluster-sizes.png").stat().st_size
     )
 
-    # incremental: two new photos, only they are embedded
+    # incremental: two new photos and a new mirrored copy of an old one; only they are embedded,
+    # and the new copy is linked to the old image
     for photo in photos[16:18]:
         shutil.copy(photo, source / photo.name)
+    _mirrored_jpeg(photos[3], source / "late-copy.jpg")
     second = curate(cfg)
     # (already: the 16 accepted or duplicate images; the leak is rejected, so not an item to embed)
-    assert second["embed"]["copy"]["embedded"] == 2 and second["embed"]["copy"]["already"] == 16
-    assert second["embed"]["semantic"]["embedded"] == 2
-    assert model_counts(catalog) == {first["embed"]["copy"]["model_id"]: 19,
-                                     first["embed"]["semantic"]["model_id"]: 19}  # fmt: skip
+    assert second["embed"]["copy"]["embedded"] == 3 and second["embed"]["copy"]["already"] == 16
+    assert second["embed"]["semantic"]["embedded"] == 3
+    assert model_counts(catalog) == {first["embed"]["copy"]["model_id"]: 20,
+                                     first["embed"]["semantic"]["model_id"]: 20}  # fmt: skip
+    links = {
+        Path(r["uri"]).name: Path(r["dup_of_uri"]).name
+        for r in read_images(catalog, columns=["uri", "reason", "dup_of_uri"]).to_pylist()
+        if r["reason"] == "near_duplicate_embedding"
+    }
+    assert links.get("late-copy.jpg") == photos[3].name or links.get(photos[3].name) == "late-copy.jpg"
     assert _by_name(catalog)[photos[5].name][1] == "eval_leak", "the leak stays a leak"
 
 
