@@ -123,6 +123,15 @@ def test_bad_curation_input_is_one_line_before_any_work(
     assert not (tmp_path / "cat").exists(), "nothing started"
 
 
+def test_run_takes_the_same_flags_and_checks(tmp_path: Path, embedders: dict[str, Path]) -> None:
+    args = ["run", "--catalog", str(tmp_path / "cat"), "--copy-checkpoint", str(embedders["semantic"])]
+    code, output = _invoke(args)
+    assert code == 2 and "cannot be the copy embedder" in output and len(output.strip().splitlines()) == 1
+    code, output = _invoke(["run", "--catalog", str(tmp_path / "cat"), "--eval-set", "nope"])
+    assert code == 2 and "expected NAME=PATH" in output
+    assert not (tmp_path / "cat").exists()
+
+
 def test_curation_flags_reach_the_flow_config(
     tmp_path: Path, embedders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,3 +49,12 @@ def test_curate_takes_catalog_and_source_from_the_config_file(
     again = load_model(PipelineConfig, saved)
     assert again == load_model(PipelineConfig, config)
     assert again.curate.dedup.phash_radius == 4
+    # without vectors the dataset version is a uniform sample of the accepted images, as before
+    from data_catalog.catalog import Catalog
+    from data_catalog.datasets import get_dataset
+    from data_catalog.images import accepted
+
+    catalog = Catalog(str(tmp_path / "catalog"))
+    record = get_dataset(catalog, "curated", 1)
+    assert record.config["stage"]["selection"]["rule"] == "uniform"
+    assert record.num_samples == accepted(catalog, columns=["uri"]).num_rows
