@@ -23,7 +23,7 @@ from flows.artifacts import publish_counts, set_progress, start_progress
 from flows.clustering import check_selection, cluster_stage
 from flows.config import PipelineConfig
 from flows.dataset import dataset_version
-from flows.retrieval import retrieval_stage
+from flows.retrieval import check_seed_set, retrieval_stage
 from flows.semantic import embed_stage, leak_stage, needed_roles, semantic_dedup_stage
 from flows.settings import save_pipeline_config
 
@@ -106,6 +106,7 @@ def semantic_stages(config: PipelineConfig, run_id: str, embedded: dict[str, Any
         check_selection(config, Catalog(config.catalog), semantic["model_id"])
         out["cluster"] = cluster_stage(config, run_id, semantic["model_id"])
     if semantic is not None and cur.sample.mode == "retrieval":
+        check_seed_set(config, Catalog(config.catalog))
         out["retrieval"] = retrieval_stage(config, run_id, semantic)
     return out
 

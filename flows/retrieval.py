@@ -51,6 +51,20 @@ def dataset_image_ids(catalog: Catalog, ref: str) -> list[str]:
     return sorted(ids)
 
 
+def check_seed_set(config: PipelineConfig, catalog: Catalog) -> None:
+    """Before the sub-flow: a seed set naming a dataset version names one that exists (one line)."""
+    from data_catalog.datasets import get_dataset, parse_dataset_ref
+
+    spec = config.curate.sample.retrieval_seed_set
+    if spec is None:
+        raise ConfigError("curate.sample.mode=retrieval needs curate.sample.retrieval_seed_set")
+    if not Path(spec).exists() and ":" in spec:
+        try:
+            get_dataset(catalog, *parse_dataset_ref(spec))
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"curate.sample.retrieval_seed_set: {exc.args[0]}") from None
+
+
 def seed_vectors(config: PipelineConfig, catalog: Catalog, model_id: str, checkpoint: str) -> np.ndarray:
     """[S, D] semantic vectors of the seed set (see the module docstring)."""
     from data_catalog.embeddings import embedded_ids, read_embeddings

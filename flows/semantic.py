@@ -95,7 +95,6 @@ def embed_stage(config: PipelineConfig, run_id: str) -> dict[str, Any]:
         path = checkpoint_for(config, role)
         descriptor = load_embedder(path, role)
         on_progress = embed_progress(role, descriptor.model_id)
-
         result = embed_catalog(
             catalog, descriptor, config.curate.embed, run_id, on_progress, _embed_dask(config)
         )
@@ -127,9 +126,8 @@ def _pairs_markdown(
         return f"## {title}\n\nnone found\n"
     from curation.plots import pair_grid
 
-    uri = save_png(catalog, run_id, name, pair_grid(catalog, pairs))
-    with catalog.filesystem().open(uri, "rb") as f:
-        return f"## {title}\n\n" + png_markdown(f.read(), title, uri)
+    data = pair_grid(catalog, pairs)
+    return f"## {title}\n\n" + png_markdown(data, title, save_png(catalog, run_id, name, data))
 
 
 @flow(name="semantic-dedup")

@@ -225,3 +225,9 @@ def test_retrieval_selects_the_pool_images_nearest_the_seeds(
     again = get_dataset(catalog, "near", 2)
     assert second["retrieval"]["seeds"] == 2 and again.num_samples == 2
     assert sorted(Path(s["uri"]).name for s in _samples(Path(again.shards_uri))) == names
+
+    from data_catalog.settings import ConfigError
+
+    tree["curate"]["sample"]["retrieval_seed_set"] = "nope:v3"
+    with pytest.raises(ConfigError, match=r"retrieval_seed_set: dataset 'nope:v3' not found"):
+        curate(PipelineConfig.model_validate(tree))
