@@ -58,7 +58,7 @@ EmbedCheckpointOpt = Annotated[
     str | None,
     typer.Option(
         "--embed-checkpoint",
-        help="Semantic backbone for clustering, leaks and retrieval (dinoflow, official DINOv2 .pth, Hugging "
+        help="Semantic backbone for clustering and retrieval (dinoflow, official DINOv2 .pth, Hugging "
         "Face directory; local path). Default: the catalog's newest pretrained backbone, else "
         "assets/bootstrap-backbone.",
     ),
@@ -67,7 +67,7 @@ CopyCheckpointOpt = Annotated[
     str | None,
     typer.Option(
         "--copy-checkpoint",
-        help="Copy-detection descriptor for near-duplicates (dinoflow SSCD descriptor or SSCD TorchScript "
+        help="Copy-detection descriptor for near-duplicates and eval leaks (dinoflow SSCD descriptor or SSCD TorchScript "
         "file; local path). Default: assets/copy-descriptor.",
     ),
 ]
