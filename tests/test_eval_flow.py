@@ -138,6 +138,7 @@ def test_curate_and_pretrain_ends_with_the_evaluate_subflow(
     cfg = PipelineConfig.model_validate({
         "catalog": str(tmp_path / "catalog"), "source": str(source), "dask_address": "sync",
         "dataset": {"name": "nette"},
+        "curate": {"embed": {"enabled": False}},  # the semantic stages have their own pipeline test
         "pretrain": {"enabled": True, "preset": "demo", "max_steps": 2, "nproc_per_node": 1,
                      "train": {"train": {"batch_size_per_device": 8, "num_workers": 0}}},
         "evaluate": _tiny_eval(tmp_path, size=64),
