@@ -274,7 +274,7 @@ def report(
     desc_label: str, ed: dict, ph: dict, cf: dict | None, args: argparse.Namespace, secs: float
 ) -> str:
     held, cal = ed["heldout"], ed["calibration"]
-    names = [*held["_single_edits"], "sscd_view"]
+    names = [*held["_single_edits"], *(["sscd_view"] if "sscd_view" in held["semantic"]["edits"] else [])]
     lines = [
         "# Semantic dedup, leak removal and pHash confirmation", "",
         f"Descriptor: {desc_label}. Machine: {machine()}; {secs / 60:.1f} min.",
@@ -304,6 +304,7 @@ def report(
               "|---|---|---:|---:|" + "---:|" * len(lk["heldout_mirror"]["edits"])]  # fmt: skip
     for key in ("calibration_mirror", "heldout_mirror", "heldout_no_mirror"):
         r = lk[key]
+        r["edits"] = {e: x for e, x in r["edits"].items() if e in lk["heldout_mirror"]["edits"]}
         lines.append(f"| {key.split('_')[0]} | {'with mirrors' if 'no' not in key else 'as they are'} | {r['precision']:.4f} | {r['recall']:.3f} | "
                      + " | ".join(f"{x:.3f}" for x in r["edits"].values()) + " |")  # fmt: skip
     lines += ["", "## pHash links (radius 6) between different files, confirmed by the copy descriptor", "",
