@@ -131,9 +131,9 @@ def main() -> None:
     kinds = [auto] + [i for i in args.indexes if i != auto and not (i == "flat" and args.n > 200_000)]
     rows = []
     for kind in kinds:
-        nprobes = list(dict.fromkeys([search_cfg.nprobe, *args.nprobe]))
+        nprobes = list(dict.fromkeys(args.nprobe or [search_cfg.nprobe, 8]))
         for res in run_index(x, kind, k, search_cfg, nprobes):
-            auto_row = kind == auto and (kind != "ivf" or f"nprobe {search_cfg.nprobe})" in res["index"])
+            auto_row = kind == auto
             row = evaluate(res, (es, ei), sample, planted, k, args.threshold, args.n)
             rows.append({**row, "auto": auto_row})
             print(json.dumps(rows[-1]), flush=True)
@@ -148,7 +148,10 @@ def main() -> None:
         f"# Near-duplicate search: {args.n:,} x {args.dim} float16, {args.threads} threads, k = {k}",
         "",
         f"Machine: {doc['machine']}. Command: `nice -n 10 .venv/bin/python -m benchmarks.bench_neardup "
-        f"--n {args.n} --dim {args.dim} --threads {args.threads}`.",
+        f"--n {args.n} --dim {args.dim} --threads {args.threads}"
+        + (f" --nprobe {' '.join(map(str, args.nprobe))}" if args.nprobe else "")
+        + (f" --out {args.out}" if args.out != "neardup" else "")
+        + "`.",
         f"Baseline: exact search (IndexFlatIP) of {len(sample):,} sampled queries against all vectors, "
         f"{exact_s:.1f} s; a full exact self-search extrapolates to {exact_full:,.0f} s.",
         "",

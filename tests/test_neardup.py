@@ -198,3 +198,18 @@ def test_hash_dedup_leaves_semantic_duplicates_to_their_stage(tmp_path) -> None:
     out = apply_hash_dedup(catalog, HashDedupConfig(), "r2")
     assert out["changed"] == 0
     assert _status(catalog)["small"] == ("duplicate", "near_duplicate_embedding", "big")
+
+
+@pytest.mark.gpu
+def test_gpu_and_cpu_searches_agree() -> None:
+    from curation.vector_search import gpu_count
+
+    if gpu_count() == 0:
+        pytest.skip("faiss sees no GPU (faiss-cpu build or no CUDA device)")
+    x, planted = _planted(20_000, 64, 500, seed=6)
+    for kind in ("flat", "ivf"):
+        cpu = near_duplicate_pairs(x, 0.8, 4, Search(index=kind, gpu=False))
+        gpu = near_duplicate_pairs(x, 0.8, 4, Search(index=kind, gpu=True))
+        cpu_set = set(zip(cpu[0].tolist(), cpu[1].tolist(), strict=True))
+        gpu_set = set(zip(gpu[0].tolist(), gpu[1].tolist(), strict=True))
+        assert planted <= cpu_set and len(cpu_set ^ gpu_set) <= 0.01 * len(cpu_set), kind
