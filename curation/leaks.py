@@ -22,7 +22,6 @@ re-decides it. Rows of benchmarks not passed this run are left as they are. DINO
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
 import tarfile
@@ -35,11 +34,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from curation.neardup import commit_decisions, decided_changed
 from curation.vector_search import Search, search
 from data_catalog.catalog import Catalog
 from data_catalog.embeddings import embedded_ids, read_embeddings
 from data_catalog.image import open_image
-from data_catalog.images import IMAGES_SCHEMA, Reason, Status, read_images, update_images
+from data_catalog.images import Reason, Status, read_images
 from data_catalog.uris import TAR_SUFFIXES, UriReader
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -222,21 +222,10 @@ def apply_leak_removal(
         s, i = search(base, vectors, cfg.k, Search(exact_max=max(200_000, len(base))))
         best, sim = i[:, 0] // (2 if mirror else 1), s[:, 0]
     new = _decide(pool, best, sim, meta, cfg.threshold)
-    old = pool.select(DECIDED)
-    changed = np.zeros(new.num_rows, dtype=bool)
-    for n in DECIDED[1:]:
-        a, b = old.column(n), new.column(n)
-        same = pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
-        changed |= ~same.to_numpy(zero_copy_only=False)
+    changed = decided_changed(pool.select(DECIDED), new)
     version = catalog.version("images")
     if changed.any():
-        updates = new.filter(pa.array(changed))
-        now = dt.datetime.now(dt.UTC)
-        updates = updates.append_column("run_id", pa.array([run_id] * updates.num_rows, pa.string()))
-        updates = updates.append_column(
-            "updated_at", pa.array([now] * updates.num_rows, IMAGES_SCHEMA.field("updated_at").type)
-        )
-        version = update_images(catalog, updates, run_id)
+        version = commit_decisions(catalog, new.filter(pa.array(changed)), run_id)
     is_leak = np.asarray(pc.equal(new.column("reason"), LEAK).fill_null(False))
     leak_names = meta.column("name").take(pa.array(best[is_leak])).to_pylist() if is_leak.any() else []
     per = {n: {"eval_images": t.num_rows, "leaks": leak_names.count(n)} for n, t in listed.items()}

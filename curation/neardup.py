@@ -171,14 +171,16 @@ def decide(
     return new, groups
 
 
-def _decided_changed(old: pa.Table, new: pa.Table) -> np.ndarray:
+def decided_changed(old: pa.Table, new: pa.Table) -> np.ndarray:
+    """(n,) bool: rows whose status, reason, dup_of, dup_of_uri or detail differ (null-aware)."""
     changed = changed_rows(old, new)
     a, b = old.column("detail"), new.column("detail")
     same = pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
     return changed | ~same.to_numpy(zero_copy_only=False)
 
 
-def _commit(catalog: Catalog, updates: pa.Table, run_id: str) -> int:
+def commit_decisions(catalog: Catalog, updates: pa.Table, run_id: str) -> int:
+    """Set the decided columns of ``updates`` (+ run_id, updated_at) in one commit; the version."""
     now = pa.scalar(dt.datetime.now(dt.UTC), type=IMAGES_SCHEMA.field("updated_at").type)
     updates = updates.append_column("run_id", pa.array([run_id] * updates.num_rows, pa.string()))
     updates = updates.append_column("updated_at", pa.array([now.as_py()] * updates.num_rows, now.type))
@@ -216,9 +218,9 @@ def apply_semantic_dedup(
     cand = table.filter(pa.array(has))
     vecs = vectors[rows[has]] if has.any() else np.zeros((0, vectors.shape[1]), np.float32)
     new, groups = decide(cand, vecs, cfg.threshold, cfg.k, cfg)
-    changed = _decided_changed(cand.select(DECIDED), new)
+    changed = decided_changed(cand.select(DECIDED), new)
     if changed.any():
-        version = _commit(catalog, new.filter(pa.array(changed)), run_id)
+        version = commit_decisions(catalog, new.filter(pa.array(changed)), run_id)
     n_dup = int(groups.is_duplicate.sum())
     return {
         "enabled": True,
