@@ -13,6 +13,13 @@ Statuses are a function of the catalog: ``apply_hash_dedup`` recomputes the grou
 accepted or hash-duplicate row on each run (from the stored columns, no decoding), so a later run
 that brings a higher-resolution copy moves the keeper, and a duplicate whose keeper is gone goes
 back to accepted. Only rows whose status/reason/dup_of change are written, in one Delta commit.
+Rows the semantic stage marked ``near_duplicate_embedding`` (``curation.neardup``) are grouped too,
+so the hash groups do not change when that stage removes a hash keeper, but keep their status
+unless they become hash duplicates.
+
+An optional ``confirm`` function decides every pHash link between different files before it
+groups (``curation.phash_confirm``: on images under 64 px, pHash at radius 6 links distinct photos,
+so ``curation.neardup.phash_confirmer`` asks the copy-descriptor vectors there).
 """
 
 from __future__ import annotations
