@@ -5,7 +5,8 @@ Run: ``nice -n 10 .venv/bin/python -m benchmarks.bench_kmeans`` (defaults: 100,0
 10 iterations; hierarchy of 1,000,000 x 384 into 1,000 / 100 / 10 clusters) -> ``benchmarks/results/kmeans.md``.
 
 Data: a skewed mixture (component weights ~ 1 / rank^1.2) of Gaussian blobs, L2-normalised like
-embeddings. Comparisons of faiss against scikit-learn: from the *same* initial centroids (a
+embeddings (the hierarchy: a nested mixture, 100 coarse centres of 50 sub-centres each, so the
+upper levels have structure to find). Comparisons of faiss against scikit-learn: from the *same* initial centroids (a
 random sample of points, given to both; Lloyd iterations only), and each with its own default
 initialisation (faiss: random points; scikit-learn: greedy k-means++). Inertia is the sum of squared
 distances of every point to its centroid, computed the same way for both; the third row runs faiss with
@@ -44,6 +45,28 @@ def mixture(n: int, dim: int, components: int, seed: int) -> np.ndarray:
     for start in range(0, n, 200_000):
         part = labels[start : start + 200_000]
         v = centers[part] + 0.06 * rng.normal(size=(len(part), dim)).astype(np.float32)
+        out[start : start + len(part)] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def nested_mixture(n: int, dim: int, groups: int, per_group: int, seed: int) -> np.ndarray:
+    """[n, dim] unit vectors with two levels of structure: ``groups`` coarse centres (weights ~ 1 /
+    rank^1.2), each with ``per_group`` sub-centres around it, points around the sub-centres."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.normal(size=(groups, dim)).astype(np.float32)
+    coarse /= np.linalg.norm(coarse, axis=1, keepdims=True)
+    fine = np.repeat(coarse, per_group, axis=0) + 0.5 / np.sqrt(dim) * rng.normal(
+        size=(groups * per_group, dim)
+    ).astype(np.float32)
+    fine /= np.linalg.norm(fine, axis=1, keepdims=True)
+    weights = np.repeat(1.0 / (np.arange(groups) + 1) ** 1.2, per_group) * rng.uniform(
+        0.5, 1.5, groups * per_group
+    )
+    labels = rng.choice(groups * per_group, n, p=weights / weights.sum())
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 200_000):
+        part = labels[start : start + 200_000]
+        v = fine[part] + 0.2 / np.sqrt(dim) * rng.normal(size=(len(part), dim)).astype(np.float32)
         out[start : start + len(part)] = v / np.linalg.norm(v, axis=1, keepdims=True)
     return out
 
@@ -178,7 +201,7 @@ def main() -> None:
             "| level | points -> clusters | k-means runs (1 = no resampling) | sample size | time | cluster size max / median / empty |",
             "|---|---|---|---|---|---|",
         ]
-        x = mixture(args.h_n, args.dim, components=5000, seed=args.seed + 1)
+        x = nested_mixture(args.h_n, args.dim, groups=100, per_group=50, seed=args.seed + 1)
         lines += hierarchy(x, args.h_levels, args.h_steps, args.h_sizes, args.h_iters, args.target)
     lines += ["", f"Peak RSS {peak_mb():,.0f} MB.", ""]
     write_result(args.out, "\n".join(lines))
