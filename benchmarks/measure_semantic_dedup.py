@@ -279,6 +279,7 @@ def report(
         "# Semantic dedup, leak removal and pHash confirmation", "",
         f"Descriptor: {desc_label}. Machine: {machine()}; {secs / 60:.1f} min.",
         "Command: `nice -n 10 .venv/bin/python -m benchmarks.measure_semantic_dedup" + "".join(f" {a}" for a in args.argv) + "`",
+        "",
         f"## Near-duplicate threshold (pairs, P >= 0.99 on calibration): cosine {ed['threshold']:.4f}", "",
         "| pool | detector | precision | recall (all positive pairs) | found by it, missed by pHash (false) |", "|---|---|---:|---:|---:|",
     ]  # fmt: skip
