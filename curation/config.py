@@ -207,6 +207,11 @@ class LeakConfig(_Config):
         "0.976, recall 0.50; docs/semantic-dedup.md). DINOv2 used 0.45 on SSCD's own features.",
     )
     k: int = Field(default=4, ge=1, description="Nearest eval images searched per pool image.")
+    mirror: bool = Field(
+        default=True,
+        description="Also match against each eval image's horizontal mirror (a mirrored copy matches even "
+        "where the descriptor is not mirror-invariant: held-out mirrored copies found 0.05 -> 1.0).",
+    )
 
 
 class ClusterConfig(_Config):

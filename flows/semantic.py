@@ -162,7 +162,9 @@ def leak_stage(config: PipelineConfig, run_id: str, copy_checkpoint: str) -> dic
 
     catalog, cur = Catalog(config.catalog), config.curate
     descriptor = load_embedder(copy_checkpoint, "copy")
-    result = apply_leak_removal(catalog, descriptor, dict(cur.leaks.eval_sets), cur.leaks, run_id, cur.embed)
+    result = apply_leak_removal(
+        catalog, descriptor, dict(cur.leaks.eval_sets), cur.leaks, run_id, cur.embed, mirror=cur.leaks.mirror
+    )
     get_run_logger().info(
         "leak removal against %s: %s", sorted(cur.leaks.eval_sets), result.get("benchmarks")
     )
