@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -45,6 +46,43 @@ def start_progress(key: str, description: str) -> UUID:
 
 def set_progress(progress: UUID, percent: float) -> None:
     update_progress_artifact(progress, min(100.0, max(0.0, percent)))
+
+
+class StageProgress:
+    """A stage's progress, shown where the user looks: the Prefect progress artifact (updated when the
+    whole percentage changes: at most 100 API calls at any scale) and, when ``stream`` (stderr) is a
+    terminal, a progress bar (done / total, rate, time left). Call it as ``progress(done, total)``;
+    ``close()`` (or reaching ``total``) ends the bar."""
+
+    def __init__(self, key: str, description: str, unit: str = "", stream: IO[str] | None = None) -> None:
+        self.artifact = start_progress(key, description)
+        self.percent = -1
+        self.bar: Any = None
+        stream = stream if stream is not None else sys.stderr
+        if stream.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            console = Console(file=stream, force_terminal=True)
+            self.bar = Progress(TextColumn(f"{description} {unit}".strip()), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=console, transient=False)  # fmt: skip
+            self.task = self.bar.add_task(description, total=None)
+            self.bar.start()
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        if percent > self.percent:
+            self.percent = percent
+            set_progress(self.artifact, float(percent))
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total)
+            if total and done >= total:
+                self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def png_markdown(data: bytes, alt: str, where: str | None = None) -> str:

@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from data_catalog.catalog import Catalog
 from data_catalog.images import accepted
 from data_catalog.settings import ConfigError
-from flows.artifacts import png_markdown, publish_markdown, set_progress, start_progress, table_markdown
+from flows.artifacts import StageProgress, png_markdown, publish_markdown, table_markdown
 from flows.config import PipelineConfig
 from flows.semantic import save_png
 
@@ -160,9 +160,9 @@ def kmeans_task(config: PipelineConfig, run_id: str, model_id: str, pool: pa.Tab
     from data_catalog.clusters import write_clusters
 
     cfg = config.curate.cluster
-    progress = start_progress("cluster-progress", "k-means runs")
+    progress = StageProgress("cluster-progress", "hierarchical k-means", "runs")
     try:
-        h = hierarchical_kmeans(x, cfg, lambda done, total: set_progress(progress, 100.0 * done / total))
+        h = hierarchical_kmeans(x, cfg, progress)
     except ValueError as exc:  # a level finer than the pool: the user's config
         raise ConfigError(f"curate.cluster.n_clusters: {exc}") from None
     ids = pool.column("image_id").to_pylist()

@@ -19,7 +19,7 @@ from curation import hashdedup, ingest, parallel
 from data_catalog.catalog import Catalog
 from data_catalog.images import status_counts
 from data_catalog.settings import ConfigError
-from flows.artifacts import publish_counts, set_progress, start_progress
+from flows.artifacts import StageProgress, publish_counts
 from flows.clustering import check_selection, cluster_stage
 from flows.config import PipelineConfig
 from flows.dataset import dataset_version
@@ -81,13 +81,13 @@ def ingest_new(config: PipelineConfig, run_id: str) -> int:
     )
     staging: list[str] = []
     if plans:
-        progress = start_progress("ingest-progress", "partitions ingested")
+        progress = StageProgress("ingest-progress", "ingest", "partitions")
         ing = config.curate.ingest
         with parallel.dask_session(config.dask_address, ing.n_workers, ing.threads_per_worker) as address:
             futures = [ingest_partition.submit(i, p, config, run_id, address) for i, p in enumerate(plans)]
             for done, future in enumerate(as_completed(futures), start=1):
                 staging.append(future.result())
-                set_progress(progress, 100.0 * done / len(plans))
+                progress(done, len(plans))
     version = commit_ingest(config.catalog, sorted(staging), run_id)
     counts = status_counts(Catalog(config.catalog))
     publish_counts("ingest", counts, f"after ingest and quality filters (images v{version})")

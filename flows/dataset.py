@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 
 from curation.dataset_version import create_dataset_version
 from data_catalog.catalog import Catalog
-from flows.artifacts import publish_markdown, set_progress, start_progress
+from flows.artifacts import StageProgress, publish_markdown
 from flows.config import DatasetStageConfig
 from flows.settings import curation_record
 
@@ -29,11 +29,7 @@ def dataset_version(
     from flows.clustering import read_selection
 
     logger = get_run_logger()
-    progress = start_progress(f"dataset-{stage.name}-progress", "shards")
-
-    def on_progress(done: int, total: int) -> None:
-        if total:
-            set_progress(progress, 100.0 * done / total)
+    on_progress = StageProgress(f"dataset-{stage.name}-progress", f"dataset {stage.name}", "samples")
 
     cat = Catalog(catalog)
     selection = read_selection(cat, selection_uri) if selection_uri is not None else None
@@ -52,7 +48,7 @@ def dataset_version(
         curation=curation_record(cat),
         progress=on_progress,
     )
-    set_progress(progress, 100.0)
+    on_progress.close()
     ref = f"{record.name}:v{record.version}"
     logger.info(
         "dataset %s: %d samples in %d shards at %s",

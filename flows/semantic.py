@@ -17,14 +17,7 @@ from prefect import flow, get_run_logger
 
 from data_catalog.catalog import Catalog
 from data_catalog.images import status_counts
-from flows.artifacts import (
-    png_markdown,
-    publish_counts,
-    publish_markdown,
-    set_progress,
-    start_progress,
-    table_markdown,
-)
+from flows.artifacts import StageProgress, png_markdown, publish_counts, publish_markdown, table_markdown
 from flows.config import PipelineConfig
 
 ROLES = ("semantic", "copy")
@@ -67,14 +60,12 @@ def embed_progress(role: str, model_id: str) -> Callable[[int, int], None]:
     """``progress(done, total)`` for the embed stage: the Prefect progress artifact (updated when the
     whole percentage changes: at most 100 API calls at any scale), and a log line (console and UI) at
     every further tenth of the images."""
-    progress = start_progress(f"embed-{role}-progress", f"{role} vectors ({model_id})")
-    logger, percent_set, tenth_shown = get_run_logger(), [0], [0]
+    progress = StageProgress(f"embed-{role}-progress", f"{role} vectors ({model_id})", "images")
+    logger, tenth_shown = get_run_logger(), [0]
 
     def on_progress(done: int, total: int) -> None:
+        progress(done, total)  # the artifact at most 100 times, a bar on a terminal
         percent = 100 * done // total if total else 100
-        if percent > percent_set[0]:  # at most 100 API calls, however many batches
-            percent_set[0] = percent
-            set_progress(progress, float(percent))
         if percent // 10 > tenth_shown[0]:
             tenth_shown[0] = percent // 10
             logger.info("embedding %s vectors: %d / %d images (%d%%)", role, done, total, percent)

@@ -70,3 +70,40 @@ def test_curate_flow_accounts_for_every_file_and_is_incremental(
     assert second["new_partitions"] == 1
     assert read_images(Catalog(cfg.catalog)).num_rows == n_inputs + 5
     assert sum(int(r["count"]) for r in second["counts"]) == n_inputs + 5
+
+
+def test_stage_progress_draws_a_bar_on_a_terminal_and_fills_the_artifact(prefect_harness: None) -> None:
+    import asyncio
+    import io
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from flows.artifacts import StageProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen, log = Terminal(), io.StringIO()
+
+    @flow
+    def stage() -> tuple[str, str]:
+        bar, quiet = (
+            StageProgress("t-progress", "embed", "images", stream=screen),
+            StageProgress("q-progress", "q", stream=log),
+        )
+        for done in (3, 7, 10):
+            bar(done, 10)
+            quiet(done, 10)
+        return str(bar.artifact), str(quiet.artifact)
+
+    bar_id, quiet_id = stage()
+    assert "10/10" in screen.getvalue() and "embed images" in screen.getvalue()
+    assert log.getvalue() == ""  # not a terminal: no bar, the artifact only
+
+    async def progress(artifact_id: str) -> float:
+        async with get_client() as client:
+            return float(next(a.data for a in await client.read_artifacts() if str(a.id) == artifact_id))
+
+    assert asyncio.run(progress(bar_id)) == 100.0 and asyncio.run(progress(quiet_id)) == 100.0
