@@ -32,7 +32,17 @@ BENCHMARKS: dict[str, list[str]] = {
     "eval_features": ["benchmarks.bench_eval_features"],
     "embed": ["benchmarks.bench_embed", "--images", "500", "--rounds", "3"],
     "kmeans": ["benchmarks.bench_kmeans"],
-    "neardup": ["benchmarks.bench_neardup", "--n", "1000000", "--dim", "384", "--threads", "2", "--nprobe", "8"],
+    "neardup": [
+        "benchmarks.bench_neardup",
+        "--n",
+        "1000000",
+        "--dim",
+        "384",
+        "--threads",
+        "2",
+        "--nprobe",
+        "8",
+    ],
     "linear_probe": ["benchmarks.bench_linear_probe"],
 }
 

@@ -96,7 +96,7 @@ class SSLModel(nn.Module):
         """Student and teacher backbones from the backbone file ``path`` (``model.init_backbone``)."""
         from pretrain.sscd import init_from_backbone
 
-        init_from_backbone(self.student.backbone, path, "model.init_backbone")
+        init_from_backbone(self.student.backbone, path, "model.init_backbone")  # type: ignore[arg-type]
         self.teacher.backbone.load_state_dict(self.student.backbone.state_dict())
 
     def train(self, mode: bool = True) -> SSLModel:

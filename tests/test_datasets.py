@@ -204,7 +204,9 @@ def test_export_round_trips(catalog: Catalog, tmp_path: Path) -> None:
     assert [json.loads(p) for p in csv.column("parents").to_pylist()] == [[], ["curated:v1", "other:v3"]]
     assert csv.column("dataset_id").to_pylist() == ["curated:v1", "curated:v2"]
     assert export_table(catalog, "images", tmp_path / "old.parquet", version=0) == 30
-    with pytest.raises(ValueError, match=r"unknown table 'nonsense'.*valid tables: \[.*'datasets'.*'images'.*'runs'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown table 'nonsense'.*valid tables: \[.*'datasets'.*'images'.*'runs'\]"
+    ):
         export_table(catalog, "nonsense", tmp_path / "x.parquet")
     with pytest.raises(ValueError, match=r"\['.csv', '.parquet'\]"):
         export_table(catalog, "runs", tmp_path / "x.xlsx")
