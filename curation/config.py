@@ -252,6 +252,12 @@ class ClusterConfig(_Config):
     gpu: Literal["auto", "on", "off"] = Field(
         default="auto", description="faiss GPU k-means (auto: when present)."
     )
+    fit_to_pool: bool = Field(
+        default=True,
+        description="On a pool too small for n_clusters, shrink each level to at most one cluster per 4 "
+        "points (or centroids) below it and drop levels that no longer shrink, so small pools run with the "
+        "defaults (the levels used are logged and recorded); False: such a level is a one-line error.",
+    )
 
     @model_validator(mode="after")
     def _per_level(self) -> ClusterConfig:
@@ -263,6 +269,28 @@ class ClusterConfig(_Config):
         if any(a <= b for a, b in zip(self.n_clusters, self.n_clusters[1:], strict=False)):
             raise ValueError(f"n_clusters must shrink from the finest level up; got {self.n_clusters}")
         return self
+
+    def fitted(self, n: int) -> ClusterConfig:
+        """This config for a pool of ``n`` vectors: unchanged when every level fits or ``fit_to_pool`` is
+        off; else level i takes min(n_clusters[i], max(1, below // 4)) clusters (below: the points or
+        centroids it clusters); upper levels that would not shrink, or hold one cluster, are dropped."""
+        if not self.fit_to_pool or n < 1:
+            return self
+        below, keep, counts = n, list[int](), list[int]()
+        for i, k in enumerate(self.n_clusters):
+            k = min(k, max(1, below // 4))
+            if counts and (k >= counts[-1] or k == 1):  # a level must shrink; one cluster says nothing
+                break
+            keep.append(i)
+            counts.append(k)
+            below = k
+        if counts == self.n_clusters:
+            return self
+        pick = lambda v: [v[i] for i in keep] if len(v) > 1 else list(v)  # noqa: E731
+        return self.model_copy(
+            update={"n_clusters": counts, "resampling_steps": pick(self.resampling_steps),
+                    "sample_sizes": pick(self.sample_sizes)}
+        )  # fmt: skip
 
     def level(self, i: int) -> tuple[int, int, int]:
         """``(clusters, resampling steps, sample size)`` of level ``i`` (0 = finest)."""

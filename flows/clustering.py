@@ -75,7 +75,7 @@ def check_selection(config: PipelineConfig, catalog: Catalog, model_id: str) -> 
     done = embedded_table(catalog, model_id).cast(pa.schema([("image_id", pa.string())]))
     size = accepted_pool(catalog).join(done, keys="image_id", join_type="left semi").num_rows
     try:
-        check_levels(size, list(config.curate.cluster.n_clusters))
+        check_levels(size, list(config.curate.cluster.fitted(size).n_clusters))
     except ValueError as exc:
         raise ConfigError(
             f"curate.cluster.n_clusters: {exc}; set fewer, e.g. --set 'curate.cluster.n_clusters=[8,2]'"
@@ -159,7 +159,12 @@ def kmeans_task(config: PipelineConfig, run_id: str, model_id: str, pool: pa.Tab
     from curation.kmeans import hierarchical_kmeans
     from data_catalog.clusters import write_clusters
 
-    cfg = config.curate.cluster
+    cfg = config.curate.cluster.fitted(len(x))
+    if cfg.n_clusters != config.curate.cluster.n_clusters:
+        get_run_logger().warning(
+            "a pool of %d images is too small for n_clusters=%s: clustering with %s (curate.cluster.fit_to_pool)",
+            len(x), config.curate.cluster.n_clusters, cfg.n_clusters,
+        )  # fmt: skip
     progress = StageProgress("cluster-progress", "hierarchical k-means", "runs")
     try:
         h = hierarchical_kmeans(x, cfg, progress)
@@ -210,6 +215,7 @@ def cluster_stage(config: PipelineConfig, run_id: str, semantic_model_id: str) -
             "%d accepted images have no %s vector: left out of clustering", missing, semantic_model_id
         )
     sample_target(config, pool.num_rows)  # a target above the pool stops here, before any k-means
+    cfg = cfg.fitted(pool.num_rows)  # the levels used (recorded as n_clusters)
     h = kmeans_task(config, run_id, semantic_model_id, pool, x)
     levels = _levels_table(h)
     publish_markdown(

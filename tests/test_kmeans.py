@@ -170,3 +170,20 @@ def test_gpu_and_cpu_paths_agree() -> None:
     gpu = kmeans(x, 20, n_iter=10, init_centroids=start, gpu=True)
     assert gpu.inertia == pytest.approx(cpu.inertia, rel=1e-4)
     assert (gpu.assign == cpu.assign).mean() > 0.999
+
+
+def test_small_pools_fit_the_default_levels_and_fit_to_pool_off_keeps_them() -> None:
+    from curation.config import ClusterConfig
+    from curation.kmeans import check_levels
+
+    default = ClusterConfig()
+    assert default.fitted(300) is default  # the pool holds every level: unchanged
+    for n in (1, 5, 17, 24, 100, 250):
+        fitted = default.fitted(n)
+        check_levels(n, list(fitted.n_clusters))  # always valid
+        assert fitted.n_clusters[0] <= max(1, n // 4)
+        assert all(a > b > 1 for a, b in zip(fitted.n_clusters, fitted.n_clusters[1:], strict=False))
+    assert default.fitted(100).n_clusters == [25, 6]
+    per_level = ClusterConfig(n_clusters=[64, 16, 4], resampling_steps=[1, 5, 10], sample_sizes=[2, 3, 4])
+    assert per_level.fitted(100).resampling_steps == [1, 5] and per_level.fitted(100).sample_sizes == [2, 3]
+    assert ClusterConfig(fit_to_pool=False).fitted(17).n_clusters == [64, 16, 4]  # then check_levels refuses
