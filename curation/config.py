@@ -254,8 +254,8 @@ class ClusterConfig(_Config):
     )
     fit_to_pool: bool = Field(
         default=True,
-        description="On a pool too small for n_clusters, shrink each level to at most one cluster per 4 "
-        "points (or centroids) below it and drop levels that no longer shrink, so small pools run with the "
+        description="On a pool too small for n_clusters, a level asking for more clusters than the points (or "
+        "centroids) below it takes one per 4 of them, and levels that no longer shrink are dropped, so small pools run with the "
         "defaults (the levels used are logged and recorded); False: such a level is a one-line error.",
     )
 
@@ -272,13 +272,13 @@ class ClusterConfig(_Config):
 
     def fitted(self, n: int) -> ClusterConfig:
         """This config for a pool of ``n`` vectors: unchanged when every level fits or ``fit_to_pool`` is
-        off; else level i takes min(n_clusters[i], max(1, below // 4)) clusters (below: the points or
-        centroids it clusters); upper levels that would not shrink, or hold one cluster, are dropped."""
+        off; else a level asking for more clusters than the points (or centroids) below it takes one per
+        4 of them; upper levels that would not shrink, or hold one cluster, are dropped."""
         if not self.fit_to_pool or n < 1:
             return self
         below, keep, counts = n, list[int](), list[int]()
         for i, k in enumerate(self.n_clusters):
-            k = min(k, max(1, below // 4))
+            k = k if k <= below else max(1, below // 4)
             if counts and (k >= counts[-1] or k == 1):  # a level must shrink; one cluster says nothing
                 break
             keep.append(i)

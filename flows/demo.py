@@ -8,7 +8,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from curation.config import CurateConfig
 from curation.demo_data import build_demo_pool
 from flows.config import PipelineConfig, PretrainStageConfig
 from flows.report import print_summary
@@ -17,18 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PHOTOS = REPO.parent / "shared" / "data" / "raw-photos" / "images"
 
 
-def demo_levels(photos: int) -> list[int]:
-    """Cluster counts for a demo pool of ``photos`` distinct photos: the default levels ([64, 16, 4]),
-    each shrunk to about one cluster per 6 photos on small pools (the wheels' few dozen sample photos)."""
-    return sorted({max(2, min(k, photos // (6 * 4**i))) for i, k in enumerate((64, 16, 4))}, reverse=True)
-
-
-def demo_config(workdir: Path, pretrain: bool, photos: int = 500) -> PipelineConfig:
-    levels = demo_levels(photos)
+def demo_config(workdir: Path, pretrain: bool) -> PipelineConfig:
     return PipelineConfig(
         catalog=str(workdir / "catalog"),
         source=str(workdir / "pool"),
-        curate=CurateConfig.model_validate({"cluster": {"n_clusters": levels}}),
         pretrain=PretrainStageConfig(enabled=pretrain, preset="demo", nproc_per_node=1),
     )
 
@@ -68,7 +59,7 @@ def run_demo(workdir: Path, photos: Path | None, pretrain: bool = True) -> dict[
         (workdir / "planted.json").write_text(json.dumps(planted, indent=2))
     planted = json.loads((workdir / "planted.json").read_text())
     console.print(f"demo pool: {pool} (planted: {planted})")
-    result = curate_and_pretrain(demo_config(workdir, pretrain, int(planted["photos"])))
+    result = curate_and_pretrain(demo_config(workdir, pretrain))
     print_summary(result, console)
     console.print(planted_vs_found(planted, result.get("counts", [])))
     console.print(f"catalog: {workdir / 'catalog'}  (dinoflow catalog stats --catalog {workdir / 'catalog'})")

@@ -34,13 +34,3 @@ def test_pool_is_deterministic(tmp_path: Path, raw_photos: Path) -> None:
     )
     assert names_a == names_b
 
-
-def test_demo_cluster_levels_fit_any_demo_pool() -> None:
-    from curation.config import ClusterConfig
-    from flows.demo import demo_levels
-
-    assert demo_levels(500) == ClusterConfig().n_clusters  # the shared photos: the defaults
-    for photos in range(12, 3000, 7):  # the wheels' few dozen photos up to a big folder
-        levels = demo_levels(photos)
-        ClusterConfig(n_clusters=levels)  # valid: shrinking from the finest level up
-        assert levels[0] <= photos // 6 or levels[0] == 2, (photos, levels)

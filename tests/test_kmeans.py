@@ -181,9 +181,14 @@ def test_small_pools_fit_the_default_levels_and_fit_to_pool_off_keeps_them() -> 
     for n in (1, 5, 17, 24, 100, 250):
         fitted = default.fitted(n)
         check_levels(n, list(fitted.n_clusters))  # always valid
-        assert fitted.n_clusters[0] <= max(1, n // 4)
+        assert fitted.n_clusters[0] <= n
         assert all(a > b > 1 for a, b in zip(fitted.n_clusters, fitted.n_clusters[1:], strict=False))
-    assert default.fitted(100).n_clusters == [25, 6]
+    assert default.fitted(17).n_clusters == [4] and default.fitted(100) is default  # 64 <= 100 fits
+    assert ClusterConfig(n_clusters=[4, 2], resampling_steps=[1], sample_sizes=[2]).fitted(15).n_clusters == [
+        4,
+        2,
+    ]
     per_level = ClusterConfig(n_clusters=[64, 16, 4], resampling_steps=[1, 5, 10], sample_sizes=[2, 3, 4])
-    assert per_level.fitted(100).resampling_steps == [1, 5] and per_level.fitted(100).sample_sizes == [2, 3]
+    assert per_level.fitted(40).n_clusters == [10, 2]  # 64 > 40: 40 // 4; 16 > 10: 10 // 4
+    assert per_level.fitted(40).resampling_steps == [1, 5] and per_level.fitted(40).sample_sizes == [2, 3]
     assert ClusterConfig(fit_to_pool=False).fitted(17).n_clusters == [64, 16, 4]  # then check_levels refuses
