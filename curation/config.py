@@ -246,8 +246,9 @@ class ClusterConfig(_Config):
     seed: int = Field(default=0, description="Seed of every k-means run.")
     init: Literal["kmeans++", "random"] = Field(
         default="kmeans++",
-        description="Centroid initialisation: k-means++ (costs about 5 Lloyd iterations with faiss) or random "
-        "points (faiss's default; cheaper at millions of clusters).",
+        description="Centroid initialisation: greedy k-means++ as scikit-learn's (on at most 32 points per "
+        "centroid; about as much time as 15 Lloyd iterations) or random points (faiss's default; cheaper at "
+        "millions of clusters).",
     )
     gpu: Literal["auto", "on", "off"] = Field(
         default="auto", description="faiss GPU k-means (auto: when present)."

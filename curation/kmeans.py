@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 Init = Literal["random", "kmeans++"]
 Progress = Callable[[int, int], None]
+# Greedy k-means++ runs on a seeded sample of at most this many points per centroid: measured on
+# 100,000 x 384, k = 1,000 (benchmarks/results/kmeans.md), 16, 32 and 64 points per centroid end 10
+# Lloyd iterations within 0.07% of each other and of the whole-pool init, at 2.4 / 6.8 / 16.5 s.
+INIT_POINTS_PER_CENTROID = 32
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,42 @@ def assign_to(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> tuple[
     return idx[:, 0].astype(np.int64), np.maximum(dist[:, 0], 0.0)
 
 
+def greedy_kmeans_pp(
+    x: np.ndarray, k: int, seed: int = 0, n_trials: int | None = None, max_points: int | None = None
+) -> np.ndarray:
+    """[k, D] float32 initial centroids by greedy k-means++ (Arthur & Vassilvitskii 2007, the variant
+    scikit-learn uses): each new centroid is the best of ``n_trials`` candidates (default
+    ``2 + ln k``) drawn with probability proportional to the squared distance to the nearest chosen
+    centroid, "best" being the one that lowers the total squared distance most. Plain k-means++
+    (one candidate, faiss's) ends 10 Lloyd iterations 1.5% above scikit-learn's inertia on the
+    benchmark data; greedy ends level with it. Runs on a seeded sample of ``max_points`` points."""
+    rng = np.random.default_rng(seed)
+    x = _as_f32(x)
+    if max_points is not None and len(x) > max_points:
+        x = x[np.sort(rng.choice(len(x), max_points, replace=False))]
+    n = len(x)
+    trials = n_trials or 2 + int(math.log(k))
+    sq = np.einsum("ij,ij->i", x, x)
+    centroids = np.empty((k, x.shape[1]), np.float32)
+    first = int(rng.integers(n))
+    centroids[0] = x[first]
+    nearest = np.maximum(sq - 2.0 * (x @ x[first]) + sq[first], 0.0)  # squared distance to the chosen
+    for i in range(1, k):
+        cumulative = np.cumsum(nearest, dtype=np.float64)
+        if cumulative[-1] <= 0:  # every point sits on a chosen centroid: take any unchosen point
+            candidates = rng.choice(n, trials)
+        else:
+            draws = rng.random(trials) * cumulative[-1]
+            candidates = np.minimum(np.searchsorted(cumulative, draws, side="right"), n - 1)
+        d = sq[:, None] - 2.0 * (x @ x[candidates].T) + sq[candidates][None, :]
+        np.maximum(d, 0.0, out=d)
+        np.minimum(d, nearest[:, None], out=d)
+        best = int(np.argmin(d.sum(axis=0, dtype=np.float64)))
+        centroids[i] = x[candidates[best]]
+        nearest = np.ascontiguousarray(d[:, best])
+    return centroids
+
+
 def kmeans(
     x: np.ndarray,
     k: int,
@@ -102,8 +142,9 @@ def kmeans(
     """Lloyd's k-means of ``x`` [N, D] into ``k`` clusters with faiss (L2 distance), ``n_iter`` iterations.
 
     ``max_points_per_centroid``: train on at most ``k`` times this many points (a seeded subsample);
-    None trains on every point. ``gpu``: None = when faiss sees one. ``init``: k-means++ (as the
-    reference and scikit-learn) or uniform random points (faiss's default, cheaper for huge k).
+    None trains on every point. ``gpu``: None = when faiss sees one. ``init``: greedy k-means++ (as
+    scikit-learn; :func:`greedy_kmeans_pp` on at most ``INIT_POINTS_PER_CENTROID * k`` points) or
+    uniform random points (faiss's default, cheaper for huge k).
     ``init_centroids`` [k, D] starts from given centroids instead. Empty clusters are re-seeded by
     faiss by splitting large ones. ``k > N`` is a one-line error.
     """
@@ -117,12 +158,10 @@ def kmeans(
         )
     use_gpu = resolve_gpu(gpu)
     cap = max_points_per_centroid if max_points_per_centroid is not None else math.ceil(n / k) + 1
-    methods = {
-        "random": faiss.ClusteringInitMethod_RANDOM,
-        "kmeans++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
-    }
-    if init not in methods:
-        raise ValueError(f"unknown k-means init {init!r}; valid: {sorted(methods)}")
+    if init not in ("random", "kmeans++"):
+        raise ValueError(f"unknown k-means init {init!r}; valid: ['kmeans++', 'random']")
+    if init == "kmeans++" and init_centroids is None:
+        init_centroids = greedy_kmeans_pp(x, k, seed, max_points=INIT_POINTS_PER_CENTROID * k)
     km = faiss.Kmeans(
         d,
         k,
@@ -130,7 +169,6 @@ def kmeans(
         seed=seed,
         max_points_per_centroid=cap,
         min_points_per_centroid=1,  # small levels are legitimate here, no warnings
-        init_method=methods[init],
         gpu=use_gpu,
         verbose=False,
     )
