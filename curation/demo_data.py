@@ -89,6 +89,11 @@ def _near_duplicate(img: Image.Image, kind: str) -> bytes:
     raise ValueError(f"unknown edit {kind!r}; valid: downscale, recompress, brighter")
 
 
+def planted_path(pool: Path) -> Path:
+    """Where the demo records what it planted in ``pool``: beside it, so it is not ingested."""
+    return pool.parent / "planted.json"
+
+
 def build_demo_pool(
     dest: Path,
     photos_dir: Path | None = None,

@@ -11,6 +11,7 @@ from flows.config import PipelineConfig
 from flows.curate import curate, failed
 from flows.evaluate import check_run_benchmarks, evaluate_run
 from flows.pretrain_stage import pretrain
+from flows.run_report import report_task
 
 
 @flow(name="curate-and-pretrain", log_prints=True)
@@ -28,4 +29,5 @@ def curate_and_pretrain(config: PipelineConfig) -> dict[str, Any]:
             result.update(pretrain(config.catalog, result["dataset"], config.pretrain))
             if config.evaluate.enabled:
                 result["evaluations"] = evaluate_run(config.catalog, result["run_dir"], config.evaluate)
+    result["report"] = report_task(config.catalog, config.source, result)  # flows/run_report.py
     return result
