@@ -184,15 +184,20 @@ def serve(
     overrides: SetOpt = None,
     cron: Annotated[str, typer.Option(help="Cron schedule.")] = "0 2 * * *",
     timezone: Annotated[str, typer.Option(help="IANA timezone of the schedule.")] = "UTC",
+    gpu_slots: Annotated[
+        int | None,
+        typer.Option(min=1, help="Create or resize the global limit dinoflow-gpu (slots = torchrun ranks)."),
+    ] = None,
 ) -> None:
-    """Serve the ``curate-and-pretrain/nightly`` deployment (needs ``prefect server start``)."""
+    """Serve ``curate-and-pretrain/nightly`` and the ``curate``, ``pretrain``, ``evaluate`` deployments
+    (needs ``prefect server start``)."""
     from flows.settings import pipeline_config
 
     with user_errors():
         cfg = pipeline_config(config, overrides)
         from flows.deploy import serve_nightly
 
-        serve_nightly(cfg, cron=cron, timezone=timezone)
+        serve_nightly(cfg, cron=cron, timezone=timezone, gpu_slots=gpu_slots)
 
 
 @app.command("bootstrap-backbone")

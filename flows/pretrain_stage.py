@@ -12,6 +12,7 @@ from data_catalog.settings import ConfigError
 from evaluation.plots import plot_loss_curves
 from flows.artifacts import image_markdown, publish_markdown, set_progress, start_progress
 from flows.config import PretrainStageConfig
+from flows.limits import gpu_slots
 from pretrain import launch
 from pretrain.config import resume_conflict, save_config
 from pretrain.metrics import METRICS_FILE, read_metrics
@@ -93,7 +94,8 @@ def pretrain(catalog: str, dataset: str, stage: PretrainStageConfig) -> dict[str
     write_train_config(stage, run_dir)
     nproc = stage.nproc_per_node or launch.default_nproc()
     cmd = launch.torchrun_command(train_args(catalog, dataset, stage, run_dir), nproc)
-    torchrun_task(cmd, run_key=run_dir.name)
+    with gpu_slots(nproc):  # the global limit on training (flows/limits.py), held across retries
+        torchrun_task(cmd, run_key=run_dir.name)
     png = plot_loss_curves(run_dir / METRICS_FILE, run_dir / "loss_curves.png", title=f"{run_dir.name}")
     records = read_metrics(run_dir / METRICS_FILE)
     last = records[-1] if records else {}
