@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, list[str]] = {
         "8",
     ],
     "linear_probe": ["benchmarks.bench_linear_probe"],
+    "demo": ["benchmarks.bench_demo"],  # the whole demo flow (minutes); last
 }
 
 
