@@ -106,8 +106,11 @@ class Browser:
         self.call("Page.navigate", url=url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.evaluate(f"Boolean({until})"):
-                return
+            try:
+                if self.evaluate(f"Boolean({until})"):
+                    return
+            except RuntimeError:  # the page is still being replaced (no document.body yet)
+                pass
             time.sleep(0.5)
         text = self.evaluate("document.body ? document.body.innerText.slice(0, 1500) : ''")
         raise AssertionError(f"{url}: {until} still false after {timeout:.0f} s; the page says:\n{text}")

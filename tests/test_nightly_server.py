@@ -322,4 +322,4 @@ def test_stopping_leaves_no_process_and_keeps_the_schedule(
     assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     _stop(stack.server)
     _, alive = psutil.wait_procs(procs, timeout=30)
-    assert not [(p.pid, p.info if hasattr(p, "info") else p) for p in alive]
+    assert not alive, f"left running: {[p.pid for p in alive]}"
