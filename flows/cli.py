@@ -277,4 +277,6 @@ def main() -> None:
     loaded machine meets (Prefect's 20 s default is not, on a fresh home); a user's setting wins."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    app()
+    from flows import lifecycle
+
+    lifecycle.run(app)  # SIGTERM/SIGINT/SIGHUP stop every child process (flows/lifecycle.py)
