@@ -9,7 +9,7 @@ deployment's parameters edited in the Prefect UI.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_serializer, model_validator
 
@@ -70,6 +70,12 @@ class PretrainStageConfig(StrictModel):
         False,
         description="Resume a run directory whose checkpoints were trained with other settings "
         "(default: stop, listing the differing keys).",
+    )
+    continue_from: Literal["last", "none"] = Field(
+        "last",
+        description="Where a new run starts: last = the exported teacher of the newest completed run in "
+        "the catalog with the same model settings (student and teacher from it, heads, optimizer and "
+        "schedules fresh; none such: random init); none = random init. A model.init_backbone given wins.",
     )
 
     @model_validator(mode="before")

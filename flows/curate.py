@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
@@ -19,16 +19,18 @@ from curation import hashdedup, ingest, parallel
 from data_catalog.catalog import Catalog
 from data_catalog.images import status_counts
 from data_catalog.settings import ConfigError
-from flows.artifacts import StageProgress, publish_counts
+from flows.artifacts import StageProgress, publish_counts, publish_markdown
 from flows.clustering import check_selection, cluster_stage
 from flows.config import PipelineConfig
 from flows.dataset import dataset_version
+from flows.nights import adopt_staging, unchanged_since
+from flows.retries import io_task
 from flows.retrieval import check_seed_set, retrieval_stage
 from flows.semantic import embed_stage, leak_stage, needed_roles, semantic_dedup_stage
 from flows.settings import save_pipeline_config
 
 
-@task(name="plan-partitions")
+@io_task("plan-partitions")
 def plan_partitions(config: PipelineConfig) -> list[list[str]]:
     """List the source and drop uris the catalog already holds (no bytes read): the partitions."""
     if config.source is None:
@@ -36,7 +38,7 @@ def plan_partitions(config: PipelineConfig) -> list[list[str]]:
     return ingest.plan_partitions(Catalog(config.catalog), config.source, config.curate)
 
 
-@task(name="ingest-partition", retries=2, retry_delay_seconds=5, tags=["ingest"])
+@io_task("ingest-partition", tags=["ingest"])
 def ingest_partition(
     index: int, uris: list[str], config: PipelineConfig, run_id: str, dask_address: str
 ) -> str:
@@ -46,13 +48,13 @@ def ingest_partition(
     return str(parallel.run_one(dask_address, ingest.stage_partition, *args))
 
 
-@task(name="commit-ingest")
+@io_task("commit-ingest")
 def commit_ingest(catalog: str, staging: list[str], run_id: str) -> int:
     """All partitions' rows in one atomic Delta commit of the images table."""
     return ingest.commit_ingest(Catalog(catalog), staging, run_id)
 
 
-@task(name="hash-dedup")
+@io_task("hash-dedup")
 def hash_dedup(config: PipelineConfig, run_id: str, copy_model_id: str | None = None) -> dict[str, Any]:
     """Exact and pHash groups over the whole catalog. With ``curate.semdedup.confirm_phash``, a pHash
     link between different files stands when the smaller image is >= 64 px, or when their copy
@@ -73,14 +75,16 @@ def _run_id() -> str:
     return f"curate-{run}" if run else "curate-local"
 
 
-def ingest_new(config: PipelineConfig, run_id: str) -> int:
-    """Plan, stage and commit the new files of ``config.source``; returns the partition count."""
-    plans = plan_partitions(config)
-    get_run_logger().info(
-        "%d new files in %d partitions from %s", sum(map(len, plans)), len(plans), config.source
-    )
+def ingest_new(config: PipelineConfig, run_id: str, plans: list[list[str]]) -> int:
+    """Stage and commit the planned new files of ``config.source``; returns the partition count.
+    Partitions a killed run staged are reused (``flows.nights.adopt_staging``), not decoded again."""
+    logger = get_run_logger()
+    logger.info("%d new files in %d partitions from %s", sum(map(len, plans)), len(plans), config.source)
     staging: list[str] = []
     if plans:
+        adopted = adopt_staging(config, plans, run_id)
+        if adopted:
+            logger.info("%d of %d partitions were staged by a killed run: reused", adopted, len(plans))
         progress = StageProgress("ingest-progress", "ingest", "partitions")
         ing = config.curate.ingest
         with parallel.dask_session(config.dask_address, ing.n_workers, ing.threads_per_worker) as address:
@@ -144,6 +148,18 @@ def selection_record(
     return {**rule, "embedders": embedders, "thresholds": thresholds}
 
 
+def nothing_new(config: PipelineConfig, since: str) -> dict[str, Any]:
+    """The result of a night without new images: said in the log and in an artifact."""
+    catalog = Catalog(config.catalog)
+    message = f"no new images since {since}: curation skipped, {since} stays the newest dataset version"
+    get_run_logger().info(message)
+    publish_markdown(
+        "curate-nothing-new", f"# Nothing new\n\n{message} (source `{config.source}`).\n", message
+    )
+    return {"catalog": catalog.root, "new_partitions": 0, "unchanged_since": since, "dataset": since,
+            "images_version": catalog.version("images"), "counts": status_counts(catalog)}  # fmt: skip
+
+
 def failed(exc: ConfigError) -> State:
     """The run's end for a user's mistake found mid-run (a target above the pool): returned as the
     flow's state, so Prefect logs one line instead of a traceback and the caller gets ``exc``."""
@@ -158,7 +174,11 @@ def curate(config: PipelineConfig) -> dict[str, Any]:
     catalog, cur = Catalog(config.catalog), config.curate
     run_id = _run_id()  # a retried flow run keeps its id, so staged partitions are reused
     logger.info("resolved config: %s", save_pipeline_config(config, run_id))
-    new_partitions = ingest_new(config, run_id)
+    plans = plan_partitions(config)
+    since = None if plans else unchanged_since(config)
+    if since is not None:  # a night with nothing new: no embedding, dedup, clustering or new version
+        return nothing_new(config, since)
+    new_partitions = ingest_new(config, run_id, plans)
     embedded = embed_stage(config, run_id) if cur.embed.enabled and needed_roles(config) else {}
     copy_id = embedded["copy"]["model_id"] if "copy" in embedded else None
     dedup = hash_dedup(config, run_id, copy_id) if cur.dedup.enabled else {}

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from curation.dataset_version import create_dataset_version
 from data_catalog.catalog import Catalog
+from data_catalog.datasets import versions
 from flows.artifacts import StageProgress, publish_markdown
 from flows.config import DatasetStageConfig
+from flows.retries import io_task
 from flows.settings import curation_record
 
 
-@task(name="dataset-version", retries=1, retry_delay_seconds=5)
+def previous_version(catalog: Catalog, name: str) -> list[str]:
+    """``[NAME:vN]`` of the newest version of ``name`` (the new version's parent), or ``[]``."""
+    found = versions(catalog, name) if catalog.exists("datasets") else []
+    return [f"{name}:v{found[-1]}"] if found else []
+
+
+@io_task("dataset-version")
 def dataset_version(
     catalog: str,
     stage: DatasetStageConfig,
@@ -39,6 +47,7 @@ def dataset_version(
     record = create_dataset_version(
         cat,
         stage.name,
+        parents=previous_version(cat, stage.name),  # lineage: each night's version names the last one
         selection=selection,
         max_samples=stage.max_samples if selection is None else None,  # a selection is already sized
         seed=stage.seed,
@@ -61,7 +70,8 @@ def dataset_version(
         f"dataset-{record.name}",
         f"# Dataset {ref}\n\n| field | value |\n|---|---|\n| samples | {record.num_samples} |\n"
         f"| shards | {record.num_shards} |\n| bytes | {record.total_bytes} |\n| shards | `{record.shards_uri}` |\n"
-        f"| index | `{record.index_uri}` |\n| images table version | {record.images_table_version} |\n",
+        f"| index | `{record.index_uri}` |\n| images table version | {record.images_table_version} |\n"
+        f"| parents | {', '.join(record.parents) or '-'} |\n",
         f"dataset version {ref}",
     )
     return ref

@@ -1,17 +1,45 @@
-"""``curate-and-pretrain``: the whole DAG, as a story of a few lines (logic lives in the libraries)."""
+"""``curate-and-pretrain``: the whole DAG, as a story of a few lines (logic lives in the libraries).
+
+Each night curates what is new, then pretrains and evaluates what is not done yet: a night with no
+new images (``flows.nights``) keeps the newest dataset version, skips a run already completed on it
+and an evaluation already recorded, and resumes a run killed mid-training from its checkpoints."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from data_catalog.settings import ConfigError
 from flows.config import PipelineConfig
 from flows.curate import curate, failed
 from flows.evaluate import check_run_benchmarks, evaluate_run
-from flows.pretrain_stage import pretrain
+from flows.nights import benchmarks_to_evaluate, run_completed, starting_point
+from flows.pretrain_stage import pretrain, run_dir_for
 from flows.run_report import report_task
+
+
+def pretrain_and_evaluate(config: PipelineConfig, dataset: str) -> dict[str, Any]:
+    """Pretrain on ``dataset`` unless its run completed (a new run starts per ``continue_from``, a
+    killed one resumes), then evaluate on the benchmarks the run has no evaluation for yet."""
+    logger, out = get_run_logger(), dict[str, Any]()
+    run_dir = run_dir_for(config.catalog, dataset, config.pretrain)
+    if run_completed(config.catalog, run_dir):
+        logger.info("run %s on %s is already completed: pretraining skipped", run_dir.name, dataset)
+        out["run_dir"] = str(run_dir)
+    else:
+        stage = starting_point(config.catalog, config.pretrain, run_dir)
+        start = stage.train.model.init_backbone
+        logger.info("run %s starts from %s", run_dir.name, start or "random weights (or its checkpoints)")
+        out.update(pretrain(config.catalog, dataset, stage))
+    if config.evaluate.enabled:
+        todo = benchmarks_to_evaluate(config.catalog, run_dir, config.evaluate.run_benchmarks)
+        if todo != config.evaluate.run_benchmarks:
+            logger.info("run %s: evaluations recorded; to do: %s", run_dir.name, ", ".join(todo) or "none")
+        if todo:
+            stage_cfg = config.evaluate.model_copy(update={"run_benchmarks": todo})
+            out["evaluations"] = evaluate_run(config.catalog, out["run_dir"], stage_cfg)
+    return out
 
 
 @flow(name="curate-and-pretrain", log_prints=True)
@@ -24,10 +52,7 @@ def curate_and_pretrain(config: PipelineConfig) -> dict[str, Any]:
         result: dict[str, Any] = curate(config)
     except ConfigError as exc:  # a target above the pool: one line, not a traceback
         return failed(exc)  # type: ignore[return-value]  # the caller gets exc raised
-    if result.get("dataset") is not None:
-        if config.pretrain.enabled:
-            result.update(pretrain(config.catalog, result["dataset"], config.pretrain))
-            if config.evaluate.enabled:
-                result["evaluations"] = evaluate_run(config.catalog, result["run_dir"], config.evaluate)
+    if result.get("dataset") is not None and config.pretrain.enabled:
+        result.update(pretrain_and_evaluate(config, result["dataset"]))
     result["report"] = report_task(config.catalog, config.source, result)  # flows/run_report.py
     return result
