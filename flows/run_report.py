@@ -31,7 +31,8 @@ from data_catalog.catalog import Catalog
 from flows.artifacts import image_markdown, publish_markdown, table_markdown
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
-ARTIFACT_MAX_BYTES = 3_000_000  # PNG bytes embedded in the artifact at most (base64 adds a third)
+ARTIFACT_IMAGE_MAX_BYTES = 250_000  # larger PNGs are named, not embedded, in the artifact (Prefect
+# refuses events above ~1.5 MB; the misclassified grid alone is ~700 KB)
 CURATION_PNGS = {  # file in the curation run's folder -> section title
     "cluster-sizes.png": "Cluster sizes before and after rebalancing",
     "sample-grid.png": "Selected images of a few clusters",
@@ -82,7 +83,8 @@ def _planted(source: str | None, counts: list[dict[str, Any]]) -> str:
 
 
 def curation_md(catalog: Catalog, result: dict[str, Any], img: ImageMd) -> str:
-    md = ["## Images by status and reason\n", table_markdown(result.get("counts", []))]
+    counts = [{**r, "reason": r["reason"] or "-"} for r in result.get("counts", [])]
+    md = ["## Images by status and reason\n", table_markdown(counts)]
     cluster = result.get("cluster")
     if cluster:
         keys = ("pool", "selected", "n_clusters", "largest_cluster_before", "largest_cluster_after")
@@ -189,15 +191,21 @@ def markdown_to_html(md: str, title: str) -> str:
 
 def write_report(catalog: Catalog, source: str | None, result: dict[str, Any]) -> tuple[Path, str]:
     """``report.md`` and ``report.html`` in the run's folder; returns the HTML's path and the
-    markdown with the pictures embedded (for the artifact)."""
+    artifact's markdown (pictures up to ``ARTIFACT_IMAGE_MAX_BYTES`` embedded)."""
     out = report_dir(catalog, result)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_MD).write_text(
         report_markdown(catalog, source, result, lambda p, alt: f"![{alt}]({os.path.relpath(p, out)})\n")
     )
-    embedded = report_markdown(catalog, source, result, image_markdown)
-    (out / REPORT_HTML).write_text(markdown_to_html(embedded, f"dinoflow report {out.name}"))
-    return out / REPORT_HTML, embedded
+    page = report_markdown(catalog, source, result, image_markdown)
+    (out / REPORT_HTML).write_text(markdown_to_html(page, f"dinoflow report {out.name}"))
+    return out / REPORT_HTML, report_markdown(catalog, source, result, _artifact_image)
+
+
+def _artifact_image(path: Path, alt: str) -> str:
+    if path.stat().st_size <= ARTIFACT_IMAGE_MAX_BYTES:
+        return image_markdown(path, alt)
+    return f"{alt}: `{path}` (too large to embed here; embedded in report.html)\n"
 
 
 @task(name="write-report", cache_policy=NO_CACHE)
@@ -207,10 +215,8 @@ def report_task(catalog: str, source: str | None, result: dict[str, Any]) -> str
     if not cat.is_local:
         get_run_logger().info("no report file for a remote catalog (%s)", catalog)
         return None
-    path, embedded = write_report(cat, source, result)
-    if len(embedded) > ARTIFACT_MAX_BYTES * 4 // 3:
-        embedded = (path.parent / REPORT_MD).read_text() + f"\n(pictures too large to embed: see `{path}`)\n"
-    publish_markdown(f"report-{path.parent.name}", embedded, "curate-and-pretrain report")
+    path, artifact = write_report(cat, source, result)
+    publish_markdown(f"report-{path.parent.name}", artifact, f"curate-and-pretrain report ({path})")
     return str(path)
 
 
