@@ -212,6 +212,23 @@ class LeakConfig(_Config):
         description="Also match against each eval image's horizontal mirror (a mirrored copy matches even "
         "where the descriptor is not mirror-invariant: held-out mirrored copies found 0.05 -> 1.0).",
     )
+    small_side: int = Field(
+        default=64,
+        ge=0,
+        description="Pool images whose shorter side is below this (CIFAR-sized) are decided by the small-image "
+        "verifier (curation.small_copies: grey-pixel candidates, aligned high-pass correlation) instead of the "
+        "descriptor's cosine, which is unreliable at 32 px; 0: every image by cosine.",
+    )
+    small_threshold: float = Field(
+        default=0.75,
+        ge=-1.0,
+        le=1.0,
+        description="Aligned high-pass correlation at which a small pool image is a copy of an eval image "
+        "(precision >= 0.99 on generated edits of CIFAR-10 train photos; docs/semantic-dedup.md).",
+    )
+    small_k: int = Field(
+        default=10, ge=1, description="Candidate pool images verified per eval image (and mirror)."
+    )
 
 
 class ClusterConfig(_Config):

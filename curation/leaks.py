@@ -10,7 +10,11 @@ horizontal mirror, so a mirrored copy matches even where the descriptor is not m
 searches each pool image's nearest benchmark images (``curation.vector_search``), and rejects the pool
 images whose cosine to a benchmark image is >= ``LeakConfig.threshold``: status ``rejected``, reason
 ``eval_leak``, ``dup_of`` / ``dup_of_uri`` the benchmark image, ``detail``
-``"<NAME>: <label>/<file>, cosine 0.9123"`` (the benchmark's name first, then the image).
+``"<NAME>: <label>/<file>, cosine 0.9123"`` (the benchmark's name first, then the image). Pool images
+whose shorter side is below ``LeakConfig.small_side`` (CIFAR-sized) are decided instead by the
+small-image verifier (``curation.small_copies``: grey-pixel candidates, aligned high-pass
+correlation >= ``small_threshold``; detail ``"..., aligned correlation 0.8312"``): at 32 px the
+descriptor's cosine cannot tell a copy from another photo of a similar scene.
 
 The pool is every image that reached dedup (accepted, or a duplicate of any kind) with a vector for the
 descriptor in the embeddings table, plus earlier ``eval_leak`` rows of the benchmarks checked now: one
@@ -45,7 +49,7 @@ from data_catalog.uris import TAR_SUFFIXES, UriReader
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 LEAK = Reason.EVAL_LEAK.value
 EVAL_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("label", pa.string())])
-COLUMNS = ["uri", "image_id", "status", "reason", "dup_of", "dup_of_uri", "detail"]
+COLUMNS = ["uri", "image_id", "status", "reason", "dup_of", "dup_of_uri", "detail", "width", "height"]
 DECIDED = ["uri", "status", "reason", "dup_of", "dup_of_uri", "detail"]
 
 
@@ -180,16 +184,56 @@ def _pool(catalog: Catalog, model_id: str, names: list[str]) -> tuple[pa.Table, 
     return pool, vectors, int((~ok).sum())
 
 
-def _decide(pool: pa.Table, best: np.ndarray, sim: np.ndarray, meta: pa.Table, threshold: float) -> pa.Table:
-    """New decided columns of the pool rows: leaks rejected, stale leaks back to accepted."""
+def _small_rows(pool: pa.Table, small_side: int) -> np.ndarray:
+    """Pool rows whose shorter side is below ``small_side`` (decided by the small-image verifier)."""
+    if small_side <= 0 or pool.num_rows == 0:
+        return np.zeros(pool.num_rows, dtype=bool)
+    w = pool.column("width").to_numpy(zero_copy_only=False)
+    h = pool.column("height").to_numpy(zero_copy_only=False)
+    side = np.fmin(w.astype(np.float64), h.astype(np.float64))  # null (undecodable) -> nan -> not small
+    return np.nan_to_num(side, nan=np.inf) < small_side
+
+
+def _grey_of(uris: list[str]) -> np.ndarray:
+    """[N, 32, 32] grey versions of the images at ``uris``, through the one uri reader and opener."""
+    from curation.small_copies import grey32
+
+    with UriReader(wanted=uris) as reader:
+        return grey32(open_image(reader.read(u)) for u in uris)
+
+
+def small_image_matches(
+    pool: pa.Table, meta: pa.Table, cfg: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(small [P] bool, best eval row [P], aligned score [P])`` of the pool's small images
+    (``curation.small_copies``); rows that are not small have best -1 and score -inf."""
+    from curation.small_copies import match_small
+
+    small = _small_rows(pool, cfg.small_side)
+    best = np.full(pool.num_rows, -1, np.int64)
+    score = np.full(pool.num_rows, -np.inf, np.float32)
+    if small.any():
+        pool_uris = pool.column("uri").take(pa.array(np.flatnonzero(small))).to_pylist()
+        b, s = match_small(_grey_of(meta.column("uri").to_pylist()), _grey_of(pool_uris), k=cfg.small_k)
+        best[small], score[small] = b, s
+    return small, best, score
+
+
+def _decide(
+    pool: pa.Table, best: np.ndarray, sim: np.ndarray, meta: pa.Table, threshold: float, small: np.ndarray,
+    small_threshold: float,
+) -> pa.Table:  # fmt: skip
+    """New decided columns of the pool rows: leaks rejected, stale leaks back to accepted. Small rows
+    (``small``) carry an aligned correlation in ``sim`` and meet ``small_threshold``."""
     out: dict[str, list] = {n: [] for n in DECIDED}
     names, uris, ids, labels = (meta.column(c).to_pylist() for c in ("name", "uri", "image_id", "label"))
     for r, row in enumerate(pool.select(DECIDED).to_pylist()):
-        if best[r] >= 0 and sim[r] >= threshold:
+        if best[r] >= 0 and sim[r] >= (small_threshold if small[r] else threshold):
             b = int(best[r])
             short = f"{labels[b]}/{os.path.basename(uris[b].split('#')[-1])}" if labels[b] else uris[b]
+            measure = "aligned correlation" if small[r] else "cosine"
             row = {"uri": row["uri"], "status": Status.REJECTED.value, "reason": LEAK, "dup_of": ids[b],
-                   "dup_of_uri": uris[b], "detail": f"{names[b]}: {short}, cosine {sim[r]:.4f}"}  # fmt: skip
+                   "dup_of_uri": uris[b], "detail": f"{names[b]}: {short}, {measure} {sim[r]:.4f}"}  # fmt: skip
         elif row["reason"] == LEAK:
             row = {"uri": row["uri"], "status": Status.ACCEPTED.value, "reason": None, "dup_of": None,
                    "dup_of_uri": None, "detail": None}  # fmt: skip
@@ -221,7 +265,9 @@ def apply_leak_removal(
     if pool.num_rows:
         s, i = search(base, vectors, cfg.k, Search(exact_max=max(200_000, len(base))))
         best, sim = i[:, 0] // (2 if mirror else 1), s[:, 0]
-    new = _decide(pool, best, sim, meta, cfg.threshold)
+    small, small_best, small_score = small_image_matches(pool, meta, cfg)
+    best, sim = np.where(small, small_best, best), np.where(small, small_score, sim)
+    new = _decide(pool, best, sim, meta, cfg.threshold, small, cfg.small_threshold)
     changed = decided_changed(pool.select(DECIDED), new)
     version = catalog.version("images")
     if changed.any():
@@ -231,6 +277,7 @@ def apply_leak_removal(
     per = {n: {"eval_images": t.num_rows, "leaks": leak_names.count(n)} for n, t in listed.items()}
     return {
         "benchmarks": per, "threshold": cfg.threshold, "model_id": descriptor.model_id, "mirror": mirror,
+        "small_images": int(small.sum()), "small_threshold": cfg.small_threshold,
         "pool": pool.num_rows, "missing_vectors": missing, "leaks": int(is_leak.sum()),
         "changed": int(changed.sum()), "images_version": version,
         "seconds": round(time.perf_counter() - start, 3),

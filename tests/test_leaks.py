@@ -94,8 +94,9 @@ def test_planted_copies_of_benchmark_images_are_removed(tmp_path: Path, raw_phot
 
     descriptor = load_descriptor(BOOTSTRAP)
     catalog = Catalog(str(tmp_path / "cat"))
+    sizes = {n: open_image(d).size for n, d in files.items()}  # as ingest records them
     rows = [{"uri": str(pool_dir / n), "image_id": hashlib.sha256(d).hexdigest(), "status": "accepted",
-             "width": 1, "height": 1, "bytes": len(d)} for n, d in files.items()]  # fmt: skip
+             "width": sizes[n][0], "height": sizes[n][1], "bytes": len(d)} for n, d in files.items()]  # fmt: skip
     upsert_images(catalog, pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), "t")
     vecs = embed_arrays(descriptor, [open_image(d) for d in files.values()], device="cpu")
     write_embeddings(catalog, descriptor.model_id, [str(r["image_id"]) for r in rows], vecs, "t")
@@ -127,3 +128,51 @@ def test_planted_copies_of_benchmark_images_are_removed(tmp_path: Path, raw_phot
     for name in (n for n in planted if cos[n] < 0.9999):
         assert (got[name]["status"], got[name]["reason"], got[name]["detail"]) == ("accepted", None, None)
     assert min(cos.values()) < 0.9999
+
+
+def _catalog_of(tmp_path: Path, pool_dir: Path, files: dict[str, bytes], descriptor) -> Catalog:  # type: ignore[no-untyped-def]
+    """A catalog holding ``files`` as accepted images with their real sizes and copy vectors."""
+    catalog = Catalog(str(tmp_path / "cat"))
+    sizes = {n: open_image(d).size for n, d in files.items()}
+    rows = [{"uri": str(pool_dir / n), "image_id": hashlib.sha256(d).hexdigest(), "status": "accepted",
+             "width": sizes[n][0], "height": sizes[n][1], "bytes": len(d)} for n, d in files.items()]  # fmt: skip
+    upsert_images(catalog, pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), "t")
+    vecs = embed_arrays(descriptor, [open_image(d) for d in files.values()], device="cpu")
+    write_embeddings(catalog, descriptor.model_id, [str(r["image_id"]) for r in rows], vecs, "t")
+    return catalog
+
+
+def test_small_pool_images_are_decided_by_aligned_pixels(tmp_path: Path, raw_photos: Path) -> None:
+    # CIFAR-sized benchmark and pool: a shifted, a mirrored and a recoloured 32 px copy are leaks (by
+    # aligned correlation, named so in the row), other 32 px photos stay; small_side=0 turns it off.
+    photos = [open_image(p.read_bytes()).convert("RGB") for p in sorted(raw_photos.glob("*.JPEG"))[:20]]
+    small = [p.resize((32, 32), Image.Resampling.BICUBIC) for p in photos]
+    root = _folder(tmp_path / "bench", {f"c/{i}.png": _png(small[i]) for i in range(4)})
+    planted = {
+        "shift.png": _png(photos[0].crop((8, 8, photos[0].width, photos[0].height)).resize((32, 32))),
+        "mirror.png": _png(small[1].transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+        "bright.png": _png(small[2].point(lambda v: min(255, int(v * 1.25)))),
+    }
+    files = {**planted, **{f"other{i}.png": _png(small[i]) for i in range(4, 20)}}
+    descriptor = load_descriptor(BOOTSTRAP)
+    catalog = _catalog_of(tmp_path, _folder(tmp_path / "pool", files), files, descriptor)
+    out = apply_leak_removal(
+        catalog, descriptor, {"b": str(root)}, LeakConfig(), "r1", EmbedConfig(device="cpu")
+    )
+    got = {Path(r["uri"]).name: r for r in read_images(catalog).to_pylist()}
+    assert out["small_images"] == len(files)
+    for name, source in zip(planted, ("c/0.png", "c/1.png", "c/2.png"), strict=True):
+        assert got[name]["reason"] == "eval_leak" and got[name]["dup_of_uri"].endswith(source), name
+        assert ", aligned correlation " in got[name]["detail"]
+    assert all(got[n]["status"] == "accepted" for n in files if n.startswith("other"))
+    off = LeakConfig(small_side=0, threshold=0.9999)  # by cosine alone, at a threshold only exact copies meet
+    apply_leak_removal(catalog, descriptor, {"b": str(root)}, off, "r2", EmbedConfig(device="cpu"))
+    got = {Path(r["uri"]).name: r for r in read_images(catalog).to_pylist()}
+    assert got["shift.png"]["reason"] is None and got["bright.png"]["reason"] is None
+    assert ", cosine " in got["mirror.png"]["detail"]  # the exact mirror still matches the mirrored query
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
