@@ -69,27 +69,37 @@ def _killed_runs(catalog: Catalog, config: PipelineConfig, run_id: str) -> list[
     return out
 
 
+def _staged(fs: Any, path: str) -> pa.Table | None:
+    """A finished staging file's rows, or None (a temporary file, or one damaged by the kill)."""
+    if not path.rsplit("/", 1)[-1].startswith("part-"):
+        return None
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f, use_threads=False)
+    except Exception:  # noqa: BLE001 - a damaged file is simply staged again
+        return None
+
+
 def adopt_staging(config: PipelineConfig, plans: list[list[str]], run_id: str) -> int:
     """Move a killed run's staged partitions that match a planned partition under ``run_id`` (their
-    rows now name ``run_id``); ``ingest-partition`` then finds them done. Returns how many moved."""
+    rows now name ``run_id``); ``ingest-partition`` then finds them done. The rest of a killed run's
+    staging (temporary files, partitions of another plan) is removed. Returns how many moved."""
     catalog = Catalog(config.catalog)
     fs, wanted = catalog.filesystem(), {frozenset(p): i for i, p in enumerate(plans)}
     moved = 0
     for other in _killed_runs(catalog, config, run_id):
-        for path in sorted(fs.ls(catalog.uri("runs", other, "staging"), detail=False)):
-            if not path.endswith(".parquet"):
-                continue
-            with fs.open(path, "rb") as f:
-                table = pq.read_table(f, use_threads=False)
-            index = wanted.pop(frozenset(table.column("uri").to_pylist()), None)
-            if index is None:
+        staging = catalog.uri("runs", other, "staging")
+        for path in sorted(fs.ls(staging, detail=False)):
+            table = _staged(fs, path)
+            index = None if table is None else wanted.pop(frozenset(table.column("uri").to_pylist()), None)
+            if table is None or index is None:
                 continue
             ids = pa.array([run_id] * table.num_rows, pa.string())
             for column in ("run_id", "first_run_id"):
                 table = table.set_column(table.schema.get_field_index(column), column, ids)
             ingest._write_atomic(catalog, table, ingest.staging_path(catalog, run_id, index))
-            fs.rm(path)
             moved += 1
+        fs.rm(staging, recursive=True)
     return moved
 
 
