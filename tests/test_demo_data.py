@@ -33,4 +33,3 @@ def test_pool_is_deterministic(tmp_path: Path, raw_photos: Path) -> None:
         p.relative_to(tmp_path / "b").as_posix() for p in (tmp_path / "b").rglob("*") if p.is_file()
     )
     assert names_a == names_b
-
