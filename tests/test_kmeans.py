@@ -188,7 +188,11 @@ def test_benchmark_command_runs(tmp_path: Path) -> None:
     cmd += ["--target", "500", "--threads", "1", "--out", str(out)]
     subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True)
     text = out.read_text()
-    assert text.count("| same start (random sample) |") == 1 and "| both k-means++ (our default) |" in text
+    assert (
+        text.count("| same start (random sample) |") == 1
+        and "| greedy k-means++ (curation.kmeans default) |" in text
+    )
+    assert "| faiss's plain k-means++ |" in text
     assert re.search(r"^\| 1 \| 40 -> 8 \| 3 \| 2 \| [\d.]+ s \|", text, re.M)
     assert "Balanced sampling of 500 from 4,000" in text
 
