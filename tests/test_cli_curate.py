@@ -47,6 +47,25 @@ def tiny_backbone(path: Path, seed: int = 0) -> Path:
     return save_backbone(build_backbone("vit_pico", img_size=32, patch_size=8).eval(), path)
 
 
+def tiny_curation(tmp: Path, source: Path, name: str, n_clusters: list[int], **embed: Any) -> dict[str, Any]:
+    """The curation part of a pipeline config, every stage on, tiny: in-process Dask, random-init
+    embedders at 32 px, two cluster levels, small shards (``embed``: more ``curate.embed`` keys)."""
+    return {
+        "catalog": str(tmp / "catalog"),
+        "source": str(source),
+        "dask_address": "sync",
+        "dataset": {"name": name, "shard_max_bytes": 200_000},
+        "curate": {
+            "embed": {
+                "semantic_checkpoint": str(tiny_backbone(tmp / "bb.safetensors")),
+                "copy_checkpoint": str(tiny_copy_descriptor(tmp / "copy.pt")),
+                **embed,
+            },  # fmt: skip
+            "cluster": {"n_clusters": n_clusters, "resampling_steps": [1], "sample_sizes": [2]},
+        },
+    }
+
+
 def image_folder(root: Path, n: int = 2) -> Path:
     (root / "cls").mkdir(parents=True)
     for i in range(n):

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.chromium import Browser, find_chromium
-from tests.test_cli_curate import tiny_backbone, tiny_copy_descriptor
+from tests.test_cli_curate import tiny_curation
 from tests.test_eval_data import make_image_folder
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
@@ -123,17 +123,7 @@ def pipeline_config(tmp: Path, source: Path) -> dict[str, Any]:
              "test": str(make_image_folder(tmp / "bench" / "test", 3, 4, seed=1)),
              "transform": {"policy": "squash", "resize": 32, "crop": None}}  # fmt: skip
     return {
-        "catalog": str(tmp / "catalog"),
-        "source": str(source),
-        "dask_address": "sync",
-        "dataset": {"name": "night", "shard_max_bytes": 200_000},
-        "curate": {
-            "embed": {
-                "semantic_checkpoint": str(tiny_backbone(tmp / "bb.safetensors")),
-                "copy_checkpoint": str(tiny_copy_descriptor(tmp / "copy.pt")),
-            },  # fmt: skip
-            "cluster": {"n_clusters": [4, 2], "resampling_steps": [1], "sample_sizes": [2]},
-        },
+        **tiny_curation(tmp, source, "night", [4, 2]),
         "pretrain": {
             "enabled": True,
             "preset": "demo",

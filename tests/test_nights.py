@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from data_catalog.catalog import Catalog
-from tests.test_cli_curate import tiny_backbone, tiny_copy_descriptor
+from tests.test_cli_curate import tiny_curation
 from tests.test_eval_flow import _tiny_eval
 from tests.test_flow_curate import _artifact
 
@@ -33,18 +33,7 @@ def copy_pool(imagenette_dir: Path, dest: Path, first: int, last: int) -> list[P
 def night_config(tmp_path: Path, source: Path, **pretrain: Any) -> dict[str, Any]:
     """Every stage, tiny: vit_pico embedders, 2 training steps, a 2-class evaluation benchmark."""
     return {
-        "catalog": str(tmp_path / "catalog"),
-        "source": str(source),
-        "dask_address": "sync",
-        "dataset": {"name": "nightly", "shard_max_bytes": 200_000},
-        "curate": {
-            "embed": {
-                "semantic_checkpoint": str(tiny_backbone(tmp_path / "bb.safetensors")),
-                "copy_checkpoint": str(tiny_copy_descriptor(tmp_path / "copy.pt")),
-                "partition_size": 8,
-            },
-            "cluster": {"n_clusters": [6, 2], "resampling_steps": [1], "sample_sizes": [2]},
-        },
+        **tiny_curation(tmp_path, source, "nightly", [6, 2], partition_size=8),
         "pretrain": {
             "enabled": True,
             "max_steps": 2,
