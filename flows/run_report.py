@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -150,43 +149,15 @@ def report_markdown(catalog: Catalog, source: str | None, result: dict[str, Any]
     return "\n".join(part for part in md if part)
 
 
-def _inline(text: str) -> str:
-    text = html.escape(text.replace("\\|", "|"))
-    text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]*)\*\*", r"<b>\1</b>", text)
-
-
-def _table_html(lines: list[str]) -> str:
-    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]] for line in lines]
-    rows = [r for r in rows if not all(set(c) <= {"-", ":"} for c in r)]
-    head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def markdown_to_html(md: str, title: str) -> str:
-    """The subset of markdown the report uses (headings, tables, images, paragraphs) as one page."""
-    out: list[str] = []
-    table: list[str] = []
-    for line in md.splitlines() + [""]:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        if table:
-            out.append(_table_html(table))
-            table = []
-        image = re.fullmatch(r"!\[(.*?)\]\((.*?)\)", line.strip())
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-        elif image:
-            out.append(f'<p><img alt="{html.escape(image[1])}" src="{html.escape(image[2])}"></p>')
-        elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
+    """The report's markdown (headings, tables, images, paragraphs) as one self-contained page."""
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables"], output_format="html")
     style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
     style += "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
-           f"<style>{style}</style></head><body>{''.join(out)}</body></html>\n"  # fmt: skip
+           f"<style>{style}</style></head><body>{body}</body></html>\n"  # fmt: skip
 
 
 def write_report(catalog: Catalog, source: str | None, result: dict[str, Any]) -> tuple[Path, str]:
