@@ -255,6 +255,11 @@ class EvalConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="Images per forward pass.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes for decoding.")
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Forward passes of feature extraction: auto = bf16 autocast on CUDA, fp32 on CPU; bf16 "
+        "also on CPU (fast where the CPU has AMX or AVX512-BF16); features are cached per precision.",
+    )
     cache_dir: str | None = Field(
         None, description="Extracted tars and cached features (default: ~/.cache/dinoflow/eval)."
     )

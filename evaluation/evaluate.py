@@ -34,6 +34,11 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def use_bf16(device: str, precision: str) -> bool:
+    """bf16 autocast for feature extraction: ``auto`` on CUDA, ``bf16`` anywhere, never ``fp32``."""
+    return precision == "bf16" or (precision == "auto" and device.startswith("cuda"))
+
+
 @dataclass
 class SubjectOutcome:
     subject: Subject
@@ -74,15 +79,18 @@ def subject_features(
 ) -> tuple[Features, bool]:
     """``(features, cache hit)`` of one split for one subject."""
     transform = bench.config.transform
+    key = subject.key
     if subject.model is not None:
-        extractor: Any = BackboneExtractor(subject.model, device)
+        bf16 = use_bf16(device, cfg.precision)
+        extractor: Any = BackboneExtractor(subject.model, device, bf16)
+        key += "|bf16" if bf16 else ""  # bf16 features are other numbers: never served for fp32
     else:
         extractor = PixelExtractor(int(subject.info["size"]))
 
     def compute() -> Features:
         return extract(split, extractor, transform, cfg.batch_size, cfg.num_workers)
 
-    return cached_features(cfg.cache_root(), subject.key, split, transform, compute)
+    return cached_features(cfg.cache_root(), key, split, transform, compute)
 
 
 def evaluate_subject(subject: Subject, bench: Benchmark, cfg: EvalConfig, device: str) -> SubjectOutcome:

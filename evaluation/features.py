@@ -113,15 +113,18 @@ class Features:
 
 
 class BackboneExtractor:
-    """Class token and mean patch token of a DINOv2 ViT (``forward_features``), on ``device``."""
+    """Class token and mean patch token of a DINOv2 ViT (``forward_features``), on ``device``; under
+    bf16 autocast when ``bf16`` (weights stay fp32, as in DINOv2's evaluations; features come out fp32)."""
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", bf16: bool = False) -> None:
         self.model = model.eval().to(device)
         self.device = torch.device(device)
+        self.bf16 = bf16
 
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        out = self.model.forward_features(images.to(self.device))  # type: ignore[operator]
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model.forward_features(images.to(self.device))  # type: ignore[operator]
         return out["x_norm_clstoken"].float().cpu(), out["x_norm_patchtokens"].float().mean(1).cpu()
 
 

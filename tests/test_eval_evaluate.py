@@ -79,6 +79,23 @@ def test_feature_cache_is_reused_and_a_changed_checkpoint_never_is(tmp_path: Pat
     assert changed.outcomes["random_init"].cache_hits == 2  # the baseline did not change
 
 
+def test_bf16_features_are_close_to_fp32_and_cached_apart(tmp_path: Path, bench_dirs) -> None:  # type: ignore[no-untyped-def]
+    """precision bf16 (autocast, as DINOv2 evaluates on GPUs) also runs on CPU; its features are other
+    numbers, so a bf16 run never reads fp32 features from the cache (nor the reverse)."""
+    bench_cfg = {"baselines": {"raw_pixels": False, "random_init": False}, "device": "cpu"}
+    fp32, bf16 = (small_config(tmp_path, precision=p, **bench_cfg) for p in ("auto", "bf16"))
+    bench = _bench(tmp_path, *bench_dirs, fp32)
+    ck = str(pico_checkpoint(tmp_path / "ck.safetensors"))
+    a = evaluate_checkpoint(ck, bench, fp32)
+    b = evaluate_checkpoint(ck, bench, bf16)
+    assert b.outcomes["checkpoint"].cache_hits == 0  # not the fp32 file
+    assert not torch.equal(a.main.test.cls, b.main.test.cls)
+    cos = torch.nn.functional.cosine_similarity(a.main.test.cls, b.main.test.cls, dim=1)
+    assert cos.min() > 0.99, cos
+    assert evaluate_checkpoint(ck, bench, bf16).outcomes["checkpoint"].cache_hits == 2
+    assert evaluate_checkpoint(ck, bench, fp32).outcomes["checkpoint"].cache_hits == 2
+
+
 def test_corrupt_image_is_skipped_and_counted(tmp_path: Path, bench_dirs) -> None:  # type: ignore[no-untyped-def]
     train, test = bench_dirs
     (test / "class_1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
