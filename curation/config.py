@@ -122,8 +122,15 @@ class EmbedConfig(_Config):
     semantic_checkpoint: str | None = Field(
         default=None,
         description="Semantic backbone (clustering, leaks, retrieval): a local dinoflow checkpoint, official "
-        "DINOv2 .pth or Hugging Face directory. None: the newest dinoflow backbone registered in the catalog's "
-        "runs table, else the shipped assets/bootstrap-backbone.",
+        "DINOv2 .pth or Hugging Face directory. None: chosen by semantic_default.",
+    )
+    semantic_default: Literal["pinned", "newest"] = Field(
+        default="pinned",
+        description="The semantic backbone when semantic_checkpoint is None. pinned: the one that embedded the "
+        "newest version of the pipeline's dataset (while its file exists), so a night embeds only its new "
+        "images with the model that embedded the rest; the first night (or none recorded) takes as newest. "
+        "newest: the newest completed pretraining run's backbone whose file exists, else the bootstrap "
+        "backbone (self-curation: after each run lands, every kept image is embedded again).",
     )
     copy_checkpoint: str | None = Field(
         default=None,

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +41,9 @@ from data_catalog.runs import read_runs
 from pretrain.models.descriptors import Descriptor, load_descriptor
 from pretrain.models.io_files import CheckpointError
 
+if TYPE_CHECKING:
+    from curation.config import EmbedConfig
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +58,39 @@ Progress = Callable[[int, int], None]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a run registered without timestamps sorts oldest
 
 
-def default_semantic_checkpoint(catalog: Catalog) -> str:
+def pinned_semantic_checkpoint(catalog: Catalog, dataset: str) -> str | None:
+    """The semantic checkpoint recorded in the selection of the newest version of ``dataset`` (its
+    ``config.selection.embedders.semantic.checkpoint``) while that file exists; None when no version
+    records one (logged when the recorded file is gone)."""
+    from data_catalog.datasets import get_dataset
+
+    if not catalog.exists("datasets"):
+        return None
+    try:
+        record = get_dataset(catalog, dataset)
+    except KeyError:
+        return None
+    semantic = record.config.get("selection", {}).get("embedders", {}).get("semantic") or {}
+    path = semantic.get("checkpoint")
+    if path is None:
+        return None
+    if not Path(path).exists():
+        log.warning("%s: its semantic backbone %s no longer exists; taking the newest", record.ref, path)
+        return None
+    return str(path)
+
+
+def default_semantic_checkpoint(catalog: Catalog, pinned_to: str | None = None) -> str:
+    """With ``pinned_to`` (a dataset name), the backbone that embedded its newest version when one
+    is recorded (``pinned_semantic_checkpoint``); otherwise as follows."""
+    if pinned_to is not None:
+        pinned = pinned_semantic_checkpoint(catalog, pinned_to)
+        if pinned is not None:
+            return pinned
+    return newest_semantic_checkpoint(catalog)
+
+
+def newest_semantic_checkpoint(catalog: Catalog) -> str:
     """The newest completed pretraining run's exported teacher backbone (``runs.backbone_uri``) whose
     file exists, else the shipped bootstrap backbone; a run whose file is gone is skipped (logged)."""
     runs = read_runs(catalog)
@@ -86,6 +121,16 @@ def default_copy_checkpoint() -> str:
             "(a dinoflow SSCD descriptor or an SSCD TorchScript file)"
         )
     return str(COPY_DESCRIPTOR)
+
+
+def configured_checkpoint(catalog: Catalog, embed: EmbedConfig, role: str, dataset: str) -> str:
+    """The checkpoint of ``role`` a run with ``embed`` uses: the configured path, else the default
+    (semantic: per ``embed.semantic_default``, pinned to the pipeline's ``dataset`` name)."""
+    if role == "semantic":
+        if embed.semantic_checkpoint is not None:
+            return embed.semantic_checkpoint
+        return default_semantic_checkpoint(catalog, dataset if embed.semantic_default == "pinned" else None)
+    return embed.copy_checkpoint or default_copy_checkpoint()
 
 
 def load_embedder(path: str | Path, role: str, input_size: int | None = None) -> Descriptor:

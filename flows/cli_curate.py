@@ -154,7 +154,7 @@ def _is_dataset_ref(spec: str) -> bool:
 def resolve_checkpoints(config: PipelineConfig) -> dict[str, str]:
     """``{role: path}`` of each embedder the enabled stages need (the flag's, else the default),
     loaded once strictly so a wrong kind or a mismatched file is one line here. Imports torch."""
-    from curation.embed import default_copy_checkpoint, default_semantic_checkpoint, load_embedder
+    from curation.embed import configured_checkpoint, load_embedder
     from data_catalog.catalog import Catalog
 
     cur, out = config.curate.embed, {}
@@ -164,12 +164,7 @@ def resolve_checkpoints(config: PipelineConfig) -> dict[str, str]:
             continue
         given = cur.semantic_checkpoint if role == "semantic" else cur.copy_checkpoint
         try:
-            if given is not None:
-                path = given
-            elif role == "semantic":
-                path = default_semantic_checkpoint(Catalog(config.catalog))
-            else:
-                path = default_copy_checkpoint()
+            path = configured_checkpoint(Catalog(config.catalog), cur, role, config.dataset.name)
             load_embedder(path, role)
         except ValueError as exc:  # CheckpointError is a ValueError
             where = flags[role] if given is not None else f"the default {role} embedder"

@@ -31,13 +31,10 @@ def needed_roles(config: PipelineConfig) -> list[str]:
 
 
 def checkpoint_for(config: PipelineConfig, role: str) -> str:
-    """The configured checkpoint of ``role``, else its default (``curation.embed``)."""
-    from curation.embed import default_copy_checkpoint, default_semantic_checkpoint
+    """The configured checkpoint of ``role``, else its default (``curation.embed.configured_checkpoint``)."""
+    from curation.embed import configured_checkpoint
 
-    embed = config.curate.embed
-    if role == "semantic":
-        return embed.semantic_checkpoint or default_semantic_checkpoint(Catalog(config.catalog))
-    return embed.copy_checkpoint or default_copy_checkpoint()
+    return configured_checkpoint(Catalog(config.catalog), config.curate.embed, role, config.dataset.name)
 
 
 def save_png(catalog: Catalog, run_id: str, name: str, data: bytes) -> str:

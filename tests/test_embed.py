@@ -288,3 +288,44 @@ def test_device_plan_one_process_per_gpu() -> None:
         assert E.resolve_device("auto") == "cpu"
         with pytest.raises(ValueError, match="no CUDA device visible"):
             E.resolve_device("cuda")
+
+
+def test_the_default_semantic_backbone_is_pinned_to_the_dataset_it_embedded(tmp_path: Path) -> None:
+    # a nightly pipeline keeps the backbone that embedded its newest dataset version (so a night
+    # embeds only its new images), even after a pretraining run registered a newer one; `newest`
+    # takes that run's; a recorded file that is gone falls back to the newest
+    import json
+    from datetime import UTC, datetime
+
+    from curation.config import EmbedConfig
+    from data_catalog.datasets import DatasetRecord, register_dataset
+
+    def version(n: int, selection: dict[str, Any]) -> DatasetRecord:
+        return DatasetRecord(name="nightly", version=n, created_at=datetime.now(UTC), num_samples=1,
+                             num_shards=1, total_bytes=1, shards_uri="s", shard_pattern="p", index_uri="i",
+                             config_json=json.dumps(selection))  # fmt: skip
+
+    catalog = Catalog(str(tmp_path / "cat"))
+    pinned, newest = EmbedConfig(), EmbedConfig(semantic_default="newest")
+    first = str(E.BOOTSTRAP_BACKBONE)
+    assert E.configured_checkpoint(catalog, pinned, "semantic", "nightly") == first  # nothing recorded yet
+    selection = {"selection": {"embedders": {"semantic": {"model_id": "m", "checkpoint": first}}}}
+    register_dataset(catalog, version(1, selection))
+    run_backbone = tiny_backbone(tmp_path / "r1.safetensors")
+    register_run(catalog, run_row("r1", "completed", run_backbone, 1))
+    assert E.configured_checkpoint(catalog, pinned, "semantic", "nightly") == first
+    assert E.configured_checkpoint(catalog, newest, "semantic", "nightly") == str(run_backbone)
+    assert E.configured_checkpoint(catalog, pinned, "semantic", "other") == str(run_backbone)  # another name
+    given = EmbedConfig(semantic_checkpoint=str(tmp_path / "mine.pth"))
+    assert E.configured_checkpoint(catalog, given, "semantic", "nightly") == str(tmp_path / "mine.pth")
+
+    moved = tiny_backbone(tmp_path / "v2.safetensors", 1)
+    selection["selection"]["embedders"]["semantic"]["checkpoint"] = str(moved)
+    register_dataset(catalog, version(2, selection))
+    assert E.configured_checkpoint(catalog, pinned, "semantic", "nightly") == str(
+        moved
+    )  # the newest version's
+    moved.unlink()
+    assert E.configured_checkpoint(catalog, pinned, "semantic", "nightly") == str(run_backbone)
+    with pytest.raises(ValueError, match="semantic_default"):
+        EmbedConfig.model_validate({"semantic_default": "latest"})
