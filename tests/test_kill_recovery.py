@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,14 +55,29 @@ elif point == "embed":  # after the Nth committed chunk of vectors
 elif point == "train":  # at the first metrics line after a checkpoint exists
     from pretrain import launch
     after_call(launch, "parse_metrics", lambda out: bool(glob.glob(os.environ["KILL_GLOB"])))
+elif point == "rank":  # SIGKILL the training rank (not the CLI, not torchrun) once a checkpoint exists
+    import psutil
+    from pretrain import launch
+    original_parse = launch.parse_metrics
+    def kill_a_rank(line):
+        out = original_parse(line)
+        if out is not None and calls[0] == 0 and glob.glob(os.environ["KILL_GLOB"]):
+            for p in psutil.Process().children(recursive=True):
+                cmd = p.cmdline()
+                if "pretrain.train" in cmd and "torch.distributed.run" not in cmd:
+                    calls[0] = 1
+                    print(f"KILLED RANK {p.pid} after step {out['step']:.0f}", flush=True)
+                    p.kill()
+        return out
+    launch.parse_metrics = kill_a_rank
 from flows.cli import app
 app(sys.argv[1:], prog_name="dinoflow")
 """
 
 
-def config_file(tmp_path: Path, source: Path, catalog: Path) -> Path:
+def config_file(tmp_path: Path, source: Path, catalog: Path, max_steps: int = 4) -> Path:
     """Curation with tiny embedders (made once, shared by both catalogs) in small partitions and
-    chunks; 4 training steps, a checkpoint every 2, no evaluation."""
+    chunks; ``max_steps`` training steps, a checkpoint every 2, no evaluation."""
     semantic, copy = tmp_path / "bb.safetensors", tmp_path / "copy.pt"
     if not semantic.exists():
         tiny_backbone(semantic), tiny_copy_descriptor(copy)
@@ -81,7 +97,7 @@ def config_file(tmp_path: Path, source: Path, catalog: Path) -> Path:
         },
         "pretrain": {
             "enabled": True,
-            "max_steps": 4,
+            "max_steps": max_steps,
             "nproc_per_node": 1,
             "train": {
                 "train": {"batch_size_per_device": 8, "num_workers": 0, "checkpoint_every": 2, "log_every": 1}
@@ -194,4 +210,30 @@ def test_killed_three_times_then_resumed_matches_an_uninterrupted_run(
     [row] = rows(catalog, "runs")
     assert (row["status"], row["steps"], row["run_id"]) == ("completed", 4, "nightly-v1-demo")
     assert curated(catalog) == reference  # no row lost or duplicated, same statuses, one version
+    assert not left_behind(str(cat))
+
+
+def test_a_killed_training_rank_is_retried_and_resumes_from_its_checkpoint(
+    imagenette_dir: Path, tmp_path: Path
+) -> None:
+    # SIGKILL of the rank (an OOM kill, a lost node): torchrun fails, the torchrun task is retried
+    # and training resumes from the last checkpoint in the same run directory; each step once
+    source = tmp_path / "pool"
+    copy_pool(imagenette_dir, source, 0, 4)
+    cat = tmp_path / "catalog"
+    ckpts = str(cat / "runs" / "nightly-v1-demo" / "checkpoints" / "step_*")
+    run = ["run", "--config", str(config_file(tmp_path, source, cat, max_steps=12))]
+    code, out = dinoflow(tmp_path, run, kill_at="rank:1", KILL_GLOB=ckpts)
+    assert code == 0, out[-3000:]
+    [killed_after] = [int(step) for step in re.findall(r"KILLED RANK \d+ after step (\d+)", out)]
+    assert 2 <= killed_after < 12, out[-3000:]  # mid-training, after a checkpoint
+    assert "pretraining exited with code" in out and "Retry" in out  # the failure is logged, then retried
+    metrics = [
+        json.loads(x) for x in (cat / "runs" / "nightly-v1-demo" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [m["step"] for m in metrics] == list(range(1, 13))  # each step once
+    catalog = Catalog(str(cat))
+    [row] = rows(catalog, "runs")
+    assert (row["status"], row["steps"]) == ("completed", 12)
+    assert len(rows(catalog, "datasets")) == 1
     assert not left_behind(str(cat))
