@@ -116,7 +116,9 @@ class BackboneExtractor:
     """Class token and mean patch token of a DINOv2 ViT (``forward_features``), on ``device``; under
     bf16 autocast when ``bf16`` (weights stay fp32, as in DINOv2's evaluations; features come out fp32)."""
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", bf16: bool = False) -> None:
+    def __init__(
+        self, model: torch.nn.Module, device: str | torch.device = "cpu", bf16: bool = False
+    ) -> None:
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         self.bf16 = bf16
@@ -125,7 +127,11 @@ class BackboneExtractor:
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model.forward_features(images.to(self.device))  # type: ignore[operator]
-        return out["x_norm_clstoken"].float().cpu(), out["x_norm_patchtokens"].float().mean(1).cpu()
+        # clone: the class token is a view of the [B, 1 + patches, D] output (fp32 after the final
+        # LayerNorm, so .float() and .cpu() return the view itself on CPU); kept for every batch, views
+        # held 257x the memory (a full CIFAR-10 probe at 224 px reached 15 GB before this).
+        cls = out["x_norm_clstoken"].float().cpu().clone()
+        return cls, out["x_norm_patchtokens"].float().mean(1).cpu()
 
 
 class PixelExtractor:

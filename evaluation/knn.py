@@ -80,7 +80,7 @@ def extract_features(
     feats, labels = [], []
     for images, targets in batches:
         out = model(images.to(device))
-        feats.append(out.float().cpu())
+        feats.append(out.float().cpu().clone())  # a copy: the class token is a view of every token
         labels.append(targets.cpu())
     return torch.cat(feats), torch.cat(labels)
 

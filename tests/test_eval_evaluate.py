@@ -96,6 +96,20 @@ def test_bf16_features_are_close_to_fp32_and_cached_apart(tmp_path: Path, bench_
     assert evaluate_checkpoint(ck, bench, fp32).outcomes["checkpoint"].cache_hits == 2
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_features_kept_per_batch_own_only_their_rows(bf16: bool) -> None:
+    """Extraction keeps each batch's features until the split is done: they must own just their
+    [B, D] rows, not the [B, 1 + patches, D] token tensor they are sliced from (views of it made a
+    60,000-image CIFAR-10 probe at 224 px hold 15 GB on its way to 23)."""
+    from evaluation.features import BackboneExtractor
+
+    model = build_backbone("vit_pico", img_size=32, patch_size=8)
+    cls, patch_mean = BackboneExtractor(model, bf16=bf16)(torch.randn(4, 3, 32, 32))
+    for t in (cls, patch_mean):
+        assert t is not None and t.dtype == torch.float32 and t.shape == (4, model.embed_dim)
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
 def test_corrupt_image_is_skipped_and_counted(tmp_path: Path, bench_dirs) -> None:  # type: ignore[no-untyped-def]
     train, test = bench_dirs
     (test / "class_1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
