@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import io
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,8 +38,71 @@ def image_markdown(path: Path, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{data})\n\n`{path}`\n"
 
 
+# A markdown artifact the UI opens fast, and under the server's 1.5 MB event limit (a larger artifact
+# is stored, but the server refuses the event that announces it: "Refusing to publish event of size").
+MAX_PAGE_BYTES = 1_000_000
+MIN_IMAGE_SIDE = 160  # never shrunk below this many pixels on the long side
+_PNG_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+def shrink_png(data: bytes, budget: int) -> bytes:
+    """The PNG re-encoded to at most ``budget`` bytes where it can be: first 256 adaptive colours at
+    full size (plots have few colours), then smaller by area until it fits or reaches
+    ``MIN_IMAGE_SIDE``. Returns ``data`` itself when it already fits or cannot be read."""
+    from PIL import Image
+
+    if len(data) <= budget:
+        return data
+    try:
+        opened = Image.open(io.BytesIO(data))
+        opened.load()
+    except Exception:  # not ours to judge: published as it came
+        return data
+    img = opened.convert("RGBA" if "A" in opened.getbands() else "RGB")
+    best, scale = data, 1.0
+    while True:
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        small = img if scale == 1.0 else img.resize(size, Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        small.quantize(256, dither=Image.Dither.NONE).save(buf, format="PNG", compress_level=9)
+        if len(buf.getvalue()) < len(best):
+            best = buf.getvalue()
+        if len(best) <= budget or max(size) <= MIN_IMAGE_SIDE:
+            return best
+        scale *= max(0.3, min(0.9, 0.9 * (budget / len(buf.getvalue())) ** 0.5))  # bytes ~ area
+
+
+def fit_page(markdown: str, budget: int = MAX_PAGE_BYTES) -> str:
+    """``markdown`` with its inline PNGs shrunk (``shrink_png``) so the page fits ``budget`` bytes: the
+    room left by the text is shared among the images, the small ones keep theirs. The files the
+    images came from are untouched (reports on disk keep full resolution)."""
+    if len(markdown) <= budget:
+        return markdown
+    images = _PNG_URI.findall(markdown)
+    if not images:
+        return markdown
+    room = max(budget - (len(markdown) - sum(len(b) for b in images)), 0)
+    big, share = sorted(images, key=len), 0
+    while big:  # water-filling: images under the fair share keep their size
+        share = room // len(big)
+        if len(big[0]) > share:
+            break
+        room -= len(big.pop(0))
+    limit = share * 3 // 4  # base64 is 4/3 of the bytes
+
+    def replace(match: re.Match[str]) -> str:
+        b64 = match.group(1)
+        if len(b64) <= share:
+            return match.group(0)
+        small = shrink_png(base64.b64decode(b64), limit)
+        return "data:image/png;base64," + base64.b64encode(small).decode("ascii")
+
+    return _PNG_URI.sub(replace, markdown)
+
+
 def publish_markdown(key: str, markdown: str, description: str) -> None:
-    create_markdown_artifact(markdown=markdown, key=artifact_key(key), description=description)
+    """A markdown artifact, its inline PNGs fitted to ``MAX_PAGE_BYTES`` (``fit_page``)."""
+    create_markdown_artifact(markdown=fit_page(markdown), key=artifact_key(key), description=description)
 
 
 def start_progress(key: str, description: str) -> UUID:
