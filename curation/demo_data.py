@@ -9,6 +9,8 @@ and scikit-learn wheels) and adds, with a fixed seed:
                                                            -> ``duplicate/near_duplicate_phash``
 - broken files: zero bytes, truncated JPEG, text named ``.jpg``, a tiny image, a blank image
                                                            -> ``rejected/<reason>``
+- with an evaluation set (``eval_source``: an ImageFolder directory or a tar of one), re-encoded
+  copies of a few of its images, as a crawl picks up benchmark images -> ``rejected/eval_leak``
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import importlib.util
 import io
 import random
 import shutil
+import tarfile
 from pathlib import Path
 
 from PIL import Image, ImageEnhance
@@ -89,6 +92,24 @@ def _near_duplicate(img: Image.Image, kind: str) -> bytes:
     raise ValueError(f"unknown edit {kind!r}; valid: downscale, recompress, brighter")
 
 
+def _eval_images(source: Path, n: int, rng: random.Random) -> list[tuple[str, bytes]]:
+    """``n`` (name, bytes) drawn from the images of an ImageFolder directory or a tar of one."""
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return [(p.name, p.read_bytes()) for p in rng.sample(paths, min(n, len(paths)))]
+    with tarfile.open(source) as tar:
+        members = sorted(
+            (m for m in tar.getmembers() if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES),
+            key=lambda m: m.name,
+        )
+        out = []
+        for m in rng.sample(members, min(n, len(members))):
+            f = tar.extractfile(m)
+            assert f is not None  # a regular file
+            out.append((Path(m.name).name, f.read()))
+        return out
+
+
 def planted_path(pool: Path) -> Path:
     """Where the demo records what it planted in ``pool``: beside it, so it is not ingested."""
     return pool.parent / "planted.json"
@@ -101,8 +122,11 @@ def build_demo_pool(
     n_exact: int = 10,
     n_near: int = 15,
     seed: int = 0,
+    eval_source: Path | None = None,
+    n_leaks: int = 6,
 ) -> dict[str, int]:
-    """Write the demo pool under ``dest`` (recreated) and return what was planted, by kind.
+    """Write the demo pool under ``dest`` (recreated) and return what was planted, by kind
+    (``eval_leaks`` only with ``eval_source``).
 
     Planted counts let the demo (and its test) compare the catalog's counts with the truth.
     """
@@ -144,4 +168,14 @@ def build_demo_pool(
     Image.new("RGB", (640, 480), (255, 255, 255)).save(broken / "blank.png")
     Image.new("RGB", (2000, 100), (30, 120, 200)).save(broken / "banner.jpg")
     planted["broken"] = 7
+
+    if eval_source is not None:
+        scraped = dest / "incoming" / "scraped"
+        scraped.mkdir(parents=True)
+        planted["eval_leaks"] = 0
+        for i, (name, data) in enumerate(_eval_images(eval_source, n_leaks, random.Random(seed + 1))):
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                (scraped / f"leak_{i:03d}_{Path(name).stem}.jpg").write_bytes(_jpeg(img.convert("RGB"), 75))
+            planted["eval_leaks"] += 1
     return planted

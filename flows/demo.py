@@ -32,13 +32,18 @@ DEMO_BENCHMARK_CONFIG = {
 }
 
 
-def demo_evaluate(workdir: Path) -> dict[str, object]:
-    """The demo's evaluation stage: on when the benchmark's images exist (else off, said by the caller)."""
+def demo_eval_source() -> Path | None:
+    """The demo benchmark's images (a tar), when present: evaluated on, and decontaminated against."""
     from evaluation.config import expand_path
 
-    present = Path(expand_path(str(DEMO_BENCHMARK_CONFIG["train"]))).is_file()
+    path = Path(expand_path(str(DEMO_BENCHMARK_CONFIG["train"])))
+    return path if path.is_file() else None
+
+
+def demo_evaluate(workdir: Path) -> dict[str, object]:
+    """The demo's evaluation stage: on when the benchmark's images exist (else off, said by the caller)."""
     return {
-        "enabled": present,
+        "enabled": demo_eval_source() is not None,
         "run_benchmarks": [DEMO_BENCHMARK],
         "benchmarks": {DEMO_BENCHMARK: DEMO_BENCHMARK_CONFIG},
         "cache_dir": str(workdir / "eval-cache"),
@@ -47,14 +52,16 @@ def demo_evaluate(workdir: Path) -> dict[str, object]:
 
 
 def demo_config(workdir: Path, pretrain: bool) -> PipelineConfig:
-    """A balanced sample of the curated pool, the demo preset with its high-resolution phase (20 steps
-    at 128 px), evaluated on a small benchmark."""
+    """A balanced sample of the curated pool (copies of the benchmark's images removed first), the demo
+    preset with its high-resolution phase (20 steps at 128 px), evaluated on a small benchmark."""
+    bench = demo_eval_source()
+    leaks = {"eval_sets": {DEMO_BENCHMARK: str(bench)}} if bench is not None else {}
     return PipelineConfig.model_validate(
         {
             "catalog": str(workdir / "catalog"),
             "source": str(workdir / "pool"),
             # rebalanced: 400 of the ~500 accepted photos, fewest from the largest clusters
-            "curate": {"sample": {"target_size": DEMO_SAMPLE}},
+            "curate": {"sample": {"target_size": DEMO_SAMPLE}, "leaks": leaks},
             "pretrain": {
                 "enabled": pretrain,
                 "preset": "demo",
@@ -84,7 +91,7 @@ def run_demo(workdir: Path, photos: Path | None, pretrain: bool = True) -> dict[
     photos = photos if photos is not None else (DEFAULT_PHOTOS if DEFAULT_PHOTOS.is_dir() else None)
     pool = workdir / "pool"
     if not pool.exists():
-        planted = build_demo_pool(pool, photos)
+        planted = build_demo_pool(pool, photos, eval_source=demo_eval_source())
         planted_path(pool).write_text(json.dumps(planted, indent=2))
     planted = json.loads(planted_path(pool).read_text())
     console.print(f"demo pool: {pool} (planted: {planted})")

@@ -27,6 +27,7 @@ from prefect.runtime import flow_run
 
 from curation.demo_data import planted_path
 from data_catalog.catalog import Catalog
+from data_catalog.images import Reason
 from flows.artifacts import image_markdown, publish_markdown, table_markdown
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
@@ -42,6 +43,9 @@ EVAL_PNG_ORDER = ("baselines", "confusion", "per_class", "projection", "patch_pc
 ImageMd = Callable[[Path, str], str]
 
 
+LEAK = Reason.EVAL_LEAK.value
+
+
 def planted_rows(planted: dict[str, int], counts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What a demo pool planted next to what the catalog found (they match when the pipeline works)."""
 
@@ -54,8 +58,10 @@ def planted_rows(planted: dict[str, int], counts: list[dict[str, Any]]) -> list[
          "found": found("duplicate", "exact_duplicate")},
         {"kind": "edited near-duplicates", "planted": planted["near_duplicates"],
          "found": found("duplicate", "near_duplicate_phash", "near_duplicate_embedding")},
-        {"kind": "broken / unusable files", "planted": planted["broken"], "found": found("rejected")},
-    ]  # fmt: skip
+        {"kind": "broken / unusable files", "planted": planted["broken"],
+         "found": found("rejected") - found("rejected", LEAK)},
+    ] + ([{"kind": "copies of evaluation images", "planted": planted["eval_leaks"],
+           "found": found("rejected", LEAK)}] if "eval_leaks" in planted else [])  # fmt: skip
 
 
 def curation_dir(catalog: Catalog, result: dict[str, Any]) -> Path | None:
@@ -205,3 +211,14 @@ def run_windows(limit: int = 200) -> list[dict[str, Any]]:
             name = run.name if hasattr(run, "task_key") else flows.get(run.flow_id, run.name)
             rows.append({"name": name, "start": run.start_time.timestamp(), "end": run.end_time.timestamp()})
     return sorted(rows, key=lambda r: r["start"])
+
+
+def artifact_sizes(limit: int = 200) -> list[dict[str, Any]]:
+    """Artifacts of the current Prefect API, largest first: key, type and the bytes of their data (what
+    the UI loads to show one). For benchmarks of a whole run."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(limit=limit)
+    rows = [{"key": a.key or str(a.id), "type": a.type, "bytes": len(str(a.data or ""))} for a in artifacts]
+    return sorted(rows, key=lambda r: -r["bytes"])

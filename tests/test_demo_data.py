@@ -33,3 +33,34 @@ def test_pool_is_deterministic(tmp_path: Path, raw_photos: Path) -> None:
         p.relative_to(tmp_path / "b").as_posix() for p in (tmp_path / "b").rglob("*") if p.is_file()
     )
     assert names_a == names_b
+
+
+def test_copies_of_the_evaluation_images_are_planted_from_a_folder_or_its_tar(
+    tmp_path: Path, raw_photos: Path
+) -> None:
+    import tarfile
+
+    from PIL import Image
+
+    from tests.test_eval_data import make_image_folder
+
+    folder = make_image_folder(tmp_path / "bench", 3, 4)
+    with tarfile.open(tmp_path / "bench.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="bench")
+    pools = []
+    for name, source in (("dir", folder), ("tar", tmp_path / "bench.tar.gz")):
+        planted = build_demo_pool(
+            tmp_path / name, raw_photos, max_photos=10, n_exact=2, n_near=2, eval_source=source, n_leaks=5
+        )
+        assert planted["eval_leaks"] == 5
+        leaks = sorted((tmp_path / name / "incoming" / "scraped").iterdir())
+        assert len(leaks) == 5
+        originals = {p.stem for p in folder.rglob("*.jpg")} | {p.stem for p in folder.rglob("*.png")}
+        for leak in leaks:  # a re-encoded copy of a named benchmark image, same size
+            stem = leak.stem.split("_", 2)[2]
+            assert stem in originals
+            with Image.open(leak) as img:
+                assert img.size == (40, 40) and img.format == "JPEG"  # make_image_folder's size
+        pools.append([p.name for p in leaks])
+    assert pools[0] == pools[1]  # the same draw from the folder and from its tar
+    assert "eval_leaks" not in build_demo_pool(tmp_path / "none", raw_photos, max_photos=10)
