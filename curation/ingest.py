@@ -101,7 +101,9 @@ def staging_path(catalog: Catalog, run_id: str, index: int) -> str:
     return catalog.uri("runs", run_id, "staging", f"part-{index:06d}.parquet")
 
 
-def _write_atomic(catalog: Catalog, table: pa.Table, path: str) -> None:
+def write_staged(catalog: Catalog, table: pa.Table, path: str) -> None:
+    """Write a staged partition to ``path`` atomically (a temporary file, then a rename): a kill
+    leaves either the whole file or none, never a torn one that a later run would adopt."""
     fs = catalog.filesystem()
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
@@ -136,7 +138,7 @@ def stage_partition(
     """``process_partition`` written to its staging parquet (skipped when a matching one exists)."""
     path = staging_path(catalog, run_id, index)
     if not _staged_matches(catalog, path, uris):
-        _write_atomic(catalog, process_partition(uris, source, cfg, run_id, storage_options), path)
+        write_staged(catalog, process_partition(uris, source, cfg, run_id, storage_options), path)
     return path
 
 

@@ -97,7 +97,7 @@ def adopt_staging(config: PipelineConfig, plans: list[list[str]], run_id: str) -
             ids = pa.array([run_id] * table.num_rows, pa.string())
             for column in ("run_id", "first_run_id"):
                 table = table.set_column(table.schema.get_field_index(column), column, ids)
-            ingest._write_atomic(catalog, table, ingest.staging_path(catalog, run_id, index))
+            ingest.write_staged(catalog, table, ingest.staging_path(catalog, run_id, index))
             moved += 1
         fs.rm(staging, recursive=True)
     return moved

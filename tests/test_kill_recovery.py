@@ -48,7 +48,7 @@ def after_call(module, name, when=lambda out: True):
 
 if point == "ingest":  # after the Nth staged partition is written
     from curation import ingest
-    after_call(ingest, "_write_atomic")
+    after_call(ingest, "write_staged")
 elif point == "embed":  # after the Nth committed chunk of vectors
     from curation import embed_workers
     after_call(embed_workers, "write_embeddings")
