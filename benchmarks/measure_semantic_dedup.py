@@ -104,6 +104,34 @@ def leak_scores(pool: Pool, v: np.ndarray, vm: np.ndarray) -> tuple[np.ndarray, 
     return plain, mirrored, src[copies][:, None] == src[orig][None, :]
 
 
+class Verifier:
+    """The stages' geometric verification (``curation.geometric``, ``GeometricVerifyConfig`` defaults)
+    of pool items, local features computed once per item."""
+
+    def __init__(self, pool: Pool) -> None:
+        from curation.config import GeometricVerifyConfig
+
+        self.pool, self.cfg, self.features = pool, GeometricVerifyConfig(), {}  # type: ignore[var-annotated]
+
+    def _feats(self, n: int) -> Any:
+        from curation.geometric import local_features
+
+        if n not in self.features:
+            self.features[n] = local_features(open_image(self.pool.items[n].data))
+        return self.features[n]
+
+    def keep(self, a: np.ndarray, b: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """[P] bool: pairs (a, b) at ``score`` that the stages keep: at or above ``verify_below``, or
+        matching geometrically (b also as its mirror)."""
+        from curation.geometric import is_copy, match_features
+
+        out = score >= self.cfg.verify_below
+        for n in np.flatnonzero(~out):
+            m = match_features(self._feats(int(a[n])), self._feats(int(b[n])))
+            out[n] = is_copy(m, self.cfg.min_inliers, self.cfg.min_spread)
+        return out
+
+
 def dedup_stage(pool: Pool, v: np.ndarray, threshold: float) -> dict[str, Any]:
     """The stage's own outcome on a pool: images removed, copies removed, false merges."""
     i, j, _ = near_duplicate_pairs(v, threshold, 16, Search())
@@ -145,6 +173,11 @@ def edits_section(desc: Descriptor, photos: int | None, views: int) -> dict[str,
         rows[tag] = {"semantic": evaluate(p["pool"], p["score"], sem), "phash_r6": evaluate(p["pool"], p["phash"], ph),
                      "union": evaluate(p["pool"], np.maximum(p["score"], p["phash"] / 64), sem | ph)}  # fmt: skip
         pos = p["pool"].positive
+        found = np.flatnonzero(sem)  # the stage's default: links under verify_below verified geometrically
+        geo = np.zeros_like(sem)
+        geo[found] = Verifier(p["pool"]).keep(p["pool"].i[found], p["pool"].j[found], p["score"][found])
+        p["geo"] = geo
+        rows[tag]["semantic_geometric"] = evaluate(p["pool"], p["score"], geo)
         rows[tag]["found_by_semantic_missed_by_phash"] = int((sem & ~ph & pos).sum())
         rows[tag]["false_among_those"] = int((sem & ~ph & ~pos).sum())
     rows["heldout"]["dedup_stage"] = dedup_stage(held["pool"], held["v"], t)
@@ -159,7 +192,17 @@ def edits_section(desc: Descriptor, photos: int | None, views: int) -> dict[str,
     for tag in ("calibration", "heldout"):
         plain, mirr, pos = out[tag]["leak"]
         edits = np.array([it.edit for it in out[tag]["pool"].items if it.edit != "original"])
-        for label, s in (("mirror", mirr), ("no_mirror", plain)):
+        pool = out[tag]["pool"]
+        orig = np.array([n for n, it in enumerate(pool.items) if it.edit == "original"])
+        copies = np.array([n for n, it in enumerate(pool.items) if it.edit != "original"])
+        c, o = np.nonzero(mirr >= tl)
+        geo = np.zeros_like(mirr, dtype=bool)
+        geo[c, o] = Verifier(pool).keep(copies[c], orig[o], mirr[c, o])
+        for label, s in (
+            ("mirror", mirr),
+            ("no_mirror", plain),
+            ("mirror_geometric", np.where(geo, mirr, -1.0)),
+        ):
             pred = s >= tl
             tp = int((pred & pos).sum())
             hit = (pred & pos).any(axis=1)
@@ -287,13 +330,21 @@ def report(
         lines.append(
             f"| {tag} | semantic | {_pr(r['semantic'])} | {r['found_by_semantic_missed_by_phash']} ({r['false_among_those']}) |"
         )
+        lines.append(
+            f"| {tag} | semantic, then geometric verification under 0.99 (the stage's default) | {_pr(r['semantic_geometric'])} | |"
+        )
         lines.append(f"| {tag} | pHash radius 6 | {_pr(r['phash_r6'])} | |")
         lines.append(f"| {tag} | semantic or pHash | {_pr(r['union'])} | |")
     d = held["semantic_at_0.75"]
     lines += [f"| held-out | semantic at the config default 0.75 | {_pr(d)} | |", "",
               "Recall per edit (held-out, a copy against its original):", "",
               "| detector | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]  # fmt: skip
-    for label, key in (("semantic", "semantic"), ("pHash r6", "phash_r6"), ("semantic or pHash", "union")):
+    for label, key in (
+        ("semantic", "semantic"),
+        ("semantic + geometric", "semantic_geometric"),
+        ("pHash r6", "phash_r6"),
+        ("semantic or pHash", "union"),
+    ):
         lines.append(f"| {label} | " + " | ".join(f"{held[key]['edits'][n]:.3f}" for n in names) + " |")
     st = held["dedup_stage"]
     lines += ["", f"The dedup stage on the held-out pool ({st['images']} images, `near_duplicate_pairs` k = 16 + components + "
@@ -303,10 +354,22 @@ def report(
     lines += [f"## Leak threshold (copy vs benchmark image, P >= 0.99 on calibration): cosine {lk['threshold']:.4f}", "",
               "| pool | benchmark images | precision | recall | " + " | ".join(lk["heldout_mirror"]["edits"]) + " |",
               "|---|---|---:|---:|" + "---:|" * len(lk["heldout_mirror"]["edits"])]  # fmt: skip
-    for key in ("calibration_mirror", "heldout_mirror", "heldout_no_mirror"):
+    for key in (
+        "calibration_mirror",
+        "heldout_mirror",
+        "heldout_no_mirror",
+        "calibration_mirror_geometric",
+        "heldout_mirror_geometric",
+    ):
         r = lk[key]
         r["edits"] = {e: x for e, x in r["edits"].items() if e in lk["heldout_mirror"]["edits"]}
-        lines.append(f"| {key.split('_')[0]} | {'with mirrors' if 'no' not in key else 'as they are'} | {r['precision']:.4f} | {r['recall']:.3f} | "
+        how = (
+            "as they are"
+            if "no_mirror" in key
+            else "with mirrors"
+            + (", geometric verification under 0.99 (default)" if "geometric" in key else "")
+        )
+        lines.append(f"| {key.split('_')[0]} | {how} | {r['precision']:.4f} | {r['recall']:.3f} | "
                      + " | ".join(f"{x:.3f}" for x in r["edits"].values()) + " |")  # fmt: skip
     lines += ["", "## pHash links (radius 6) between different files, confirmed by the copy descriptor", "",
               "| images | links | true | false | cosine >= | true kept | false kept |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip

@@ -141,3 +141,32 @@ def verify_pair(img_a: Image.Image, img_b: Image.Image, **kwargs: float) -> Geom
 def is_copy(match: GeometricMatch, min_inliers: int = 20, min_spread: float = 0.12) -> bool:
     """Whether a match verifies a copy: enough inliers, spread over enough of the image."""
     return match.inliers >= min_inliers and match.spread >= min_spread
+
+
+def verify_uri_pairs(
+    pairs: list[tuple[str, str]], min_inliers: int = 20, min_spread: float = 0.12
+) -> tuple[np.ndarray, list[GeometricMatch | None]]:
+    """``(verified [P] bool, matches)`` of (uri a, uri b) pairs read through the one uri reader and image
+    opener (``b`` is also matched as its mirror); local features computed once per uri. A pair with an
+    image that cannot be read now is not verified (its match None)."""
+    from data_catalog.image import open_image
+    from data_catalog.uris import UriReader
+
+    features: dict[tuple[str, bool], LocalFeatures | None] = {}
+    ok, matches = np.zeros(len(pairs), dtype=bool), []
+    with UriReader(wanted=sorted({u for pair in pairs for u in pair})) as reader:
+
+        def feats(uri: str, mirror: bool) -> LocalFeatures | None:
+            if (uri, mirror) not in features:
+                try:
+                    features[uri, mirror] = local_features(open_image(reader.read(uri)), mirror=mirror)
+                except Exception:  # noqa: BLE001 - unreadable now: it cannot verify
+                    features[uri, mirror] = None
+            return features[uri, mirror]
+
+        for n, (a_uri, b_uri) in enumerate(pairs):
+            a, b = feats(a_uri, False), feats(b_uri, True)
+            match = match_features(a, b) if a is not None and b is not None else None
+            ok[n] = match is not None and is_copy(match, min_inliers, min_spread)
+            matches.append(match)
+    return ok, matches

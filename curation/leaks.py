@@ -10,7 +10,10 @@ horizontal mirror, so a mirrored copy matches even where the descriptor is not m
 searches each pool image's nearest benchmark images (``curation.vector_search``), and rejects the pool
 images whose cosine to a benchmark image is >= ``LeakConfig.threshold``: status ``rejected``, reason
 ``eval_leak``, ``dup_of`` / ``dup_of_uri`` the benchmark image, ``detail``
-``"<NAME>: <label>/<file>, cosine 0.9123"`` (the benchmark's name first, then the image). Pool images
+``"<NAME>: <label>/<file>, cosine 0.9123"`` (the benchmark's name first, then the image). With
+``LeakConfig.verify = "geometric"`` a candidate under ``verify_below`` must also match geometrically
+(``curation.geometric``; detail ``"..., cosine 0.9512, 48 inliers"``), else it stays accepted: at the
+threshold the descriptor also pairs different photos of one kind of scene. Pool images
 whose shorter side is below ``LeakConfig.small_side`` (CIFAR-sized) are decided instead by the
 small-image verifier (``curation.small_copies``: grey-pixel candidates, aligned high-pass
 correlation >= ``small_threshold``; detail ``"..., aligned correlation 0.8312"``): at 32 px the
@@ -219,12 +222,41 @@ def small_image_matches(
     return small, best, score
 
 
+def geometric_check(
+    pool: pa.Table, best: np.ndarray, sim: np.ndarray, meta: pa.Table, small: np.ndarray, cfg: Any
+) -> tuple[np.ndarray, dict[int, str], dict[str, int]]:
+    """``(passes [P] bool, notes {row: ", N inliers"}, {"checked", "vetoed"})``: the candidates with
+    ``threshold <= cosine < verify_below`` (not small, shorter side >= ``verify_min_side``) verified
+    geometrically against their eval image and its mirror (``curation.geometric.verify_uri_pairs``); one
+    whose image cannot be read now is decided by its cosine."""
+    from curation.geometric import verify_uri_pairs
+
+    passes, notes = np.ones(pool.num_rows, dtype=bool), dict[int, str]()
+    band = ~small & (best >= 0) & (sim >= cfg.threshold) & (sim < cfg.verify_below)
+    rows = np.flatnonzero(band & ~_small_rows(pool, cfg.verify_min_side))
+    if cfg.verify != "geometric" or rows.size == 0:
+        return passes, notes, {"checked": 0, "vetoed": 0}
+    pool_uris = pool.column("uri").take(pa.array(rows)).to_pylist()
+    eval_uris = meta.column("uri").take(pa.array(best[rows])).to_pylist()
+    ok, matches = verify_uri_pairs(
+        list(zip(pool_uris, eval_uris, strict=True)), cfg.min_inliers, cfg.min_spread
+    )
+    ok |= np.array([m is None for m in matches], dtype=bool)  # an unreadable image: the cosine decides
+    passes[rows] = ok
+    for r, match in zip(rows, matches, strict=True):
+        if match is not None:
+            notes[int(r)] = f", {match.inliers} inliers" + (" (mirrored)" if match.mirrored else "")
+    return passes, notes, {"checked": int(rows.size), "vetoed": int((~ok).sum())}
+
+
 def _decide(
     pool: pa.Table, best: np.ndarray, sim: np.ndarray, meta: pa.Table, threshold: float, small: np.ndarray,
-    small_threshold: float,
+    small_threshold: float, notes: dict[int, str] | None = None,
 ) -> pa.Table:  # fmt: skip
     """New decided columns of the pool rows: leaks rejected, stale leaks back to accepted. Small rows
-    (``small``) carry an aligned correlation in ``sim`` and meet ``small_threshold``."""
+    (``small``) carry an aligned correlation in ``sim`` and meet ``small_threshold``; ``notes`` end
+    the detail of geometrically verified rows."""
+    notes = notes or {}
     out: dict[str, list] = {n: [] for n in DECIDED}
     names, uris, ids, labels = (meta.column(c).to_pylist() for c in ("name", "uri", "image_id", "label"))
     for r, row in enumerate(pool.select(DECIDED).to_pylist()):
@@ -233,7 +265,7 @@ def _decide(
             short = f"{labels[b]}/{os.path.basename(uris[b].split('#')[-1])}" if labels[b] else uris[b]
             measure = "aligned correlation" if small[r] else "cosine"
             row = {"uri": row["uri"], "status": Status.REJECTED.value, "reason": LEAK, "dup_of": ids[b],
-                   "dup_of_uri": uris[b], "detail": f"{names[b]}: {short}, {measure} {sim[r]:.4f}"}  # fmt: skip
+                   "dup_of_uri": uris[b], "detail": f"{names[b]}: {short}, {measure} {sim[r]:.4f}{notes.get(r, '')}"}  # fmt: skip
         elif row["reason"] == LEAK:
             row = {"uri": row["uri"], "status": Status.ACCEPTED.value, "reason": None, "dup_of": None,
                    "dup_of_uri": None, "detail": None}  # fmt: skip
@@ -267,7 +299,9 @@ def apply_leak_removal(
         best, sim = i[:, 0] // (2 if mirror else 1), s[:, 0]
     small, small_best, small_score = small_image_matches(pool, meta, cfg)
     best, sim = np.where(small, small_best, best), np.where(small, small_score, sim)
-    new = _decide(pool, best, sim, meta, cfg.threshold, small, cfg.small_threshold)
+    passes, notes, checked = geometric_check(pool, best, sim, meta, small, cfg)
+    decide_sim = np.where(passes, sim, -np.inf).astype(np.float32)
+    new = _decide(pool, best, decide_sim, meta, cfg.threshold, small, cfg.small_threshold, notes)
     changed = decided_changed(pool.select(DECIDED), new)
     version = catalog.version("images")
     if changed.any():
@@ -278,6 +312,7 @@ def apply_leak_removal(
     return {
         "benchmarks": per, "threshold": cfg.threshold, "model_id": descriptor.model_id, "mirror": mirror,
         "small_images": int(small.sum()), "small_threshold": cfg.small_threshold,
+        "verify": cfg.verify, "geometric_checked": checked["checked"], "geometric_vetoed": checked["vetoed"],
         "pool": pool.num_rows, "missing_vectors": missing, "leaks": int(is_leak.sum()),
         "changed": int(changed.sum()), "images_version": version,
         "seconds": round(time.perf_counter() - start, 3),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,7 @@ class SemanticGroups:
     keeper: np.ndarray
     cosine: np.ndarray
     n_pairs: int
+    vetoed: int = 0  # links above the threshold that failed geometric verification (not in n_pairs)
 
     @property
     def is_duplicate(self) -> np.ndarray:
@@ -144,17 +145,44 @@ def _detail(cosine: float, threshold: float) -> str:
     return f"copy-descriptor cosine {cosine:.4f} to the kept image{via}"
 
 
+def verified_links(
+    cand: pa.Table, i: np.ndarray, j: np.ndarray, sims: np.ndarray, cfg: Any
+) -> tuple[np.ndarray, int]:
+    """``(keep [P] bool, vetoed)``: with ``cfg.verify == "geometric"``, the links under
+    ``cfg.verify_below`` between images whose shorter sides are >= ``cfg.verify_min_side`` are kept only
+    when the two images match geometrically (``curation.geometric.verify_uri_pairs``); a pair with an
+    image that cannot be read now keeps its link (the cosine decides, as without verification)."""
+    from curation.geometric import verify_uri_pairs
+
+    keep = np.ones(len(i), dtype=bool)
+    if getattr(cfg, "verify", "none") != "geometric" or len(i) == 0:
+        return keep, 0
+    big = np.fmin(int_column(cand.column("width")), int_column(cand.column("height"))) >= cfg.verify_min_side
+    check = np.flatnonzero((sims < cfg.verify_below) & big[i] & big[j])
+    if check.size == 0:
+        return keep, 0
+    uris = cand.column("uri").to_pylist()
+    pairs = [(uris[int(i[n])], uris[int(j[n])]) for n in check]
+    ok, matches = verify_uri_pairs(pairs, cfg.min_inliers, cfg.min_spread)
+    ok |= np.array([m is None for m in matches], dtype=bool)  # an unreadable image: the cosine decides
+    keep[check] = ok
+    return keep, int((~ok).sum())
+
+
 def decide(
     cand: pa.Table, vectors: np.ndarray, threshold: float, k: int, cfg: Any
 ) -> tuple[pa.Table, SemanticGroups]:
     """New (uri, status, reason, dup_of, dup_of_uri, detail) of candidate rows with their vectors
     [n, D] (row r's vector is vectors[r])."""
-    i, j, _ = near_duplicate_pairs(vectors, threshold, k, cfg)
+    i, j, sims = near_duplicate_pairs(vectors, threshold, k, cfg)
+    keep, vetoed = verified_links(cand, i, j, sims, cfg)
+    i, j = i[keep], j[keep]
     uris = cand.column("uri")
     pixels = int_column(cand.column("width")) * int_column(cand.column("height"))
     groups = group_pairs(
         vectors, i, j, pixels, int_column(cand.column("bytes")), uris, image_id_codes(cand.column("image_id"))
     )
+    groups = replace(groups, vetoed=vetoed)
     dup = groups.is_duplicate
     keeper = pa.array(groups.keeper, mask=~dup)
     details = [_detail(float(c), threshold) if d else None for c, d in zip(groups.cosine, dup, strict=True)]
@@ -232,7 +260,8 @@ def apply_semantic_dedup(
         "missing_vectors": int((~has).sum()),
         "kept": int(len(vecs) - n_dup),
         EMBEDDING: n_dup,
-        "pairs_above_threshold": groups.n_pairs,
+        "pairs_above_threshold": groups.n_pairs + groups.vetoed,
+        "geometric_vetoed": groups.vetoed,
         "changed": int(changed.sum()),
         "images_version": version,
         "seconds": round(time.perf_counter() - start, 3),

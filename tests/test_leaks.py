@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tarfile
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def test_planted_copies_of_benchmark_images_are_removed(tmp_path: Path, raw_phot
         ]
         == 0
     )
-    cos = {n: float(got[n]["detail"].rsplit(" ", 1)[1]) for n in planted}
+    cos = {n: float(re.search(r"cosine ([0-9.]+)", got[n]["detail"]).group(1)) for n in planted}  # type: ignore[union-attr]
     assert cos["exact.jpg"] > 0.9999 and cos["mirror.jpg"] > 0.99  # the mirrored benchmark image matches
     strict = LeakConfig(threshold=0.9999)
     apply_leak_removal(catalog, descriptor, {"bench": str(root)}, strict, "r3", EmbedConfig(device="cpu"))
@@ -128,6 +129,45 @@ def test_planted_copies_of_benchmark_images_are_removed(tmp_path: Path, raw_phot
     for name in (n for n in planted if cos[n] < 0.9999):
         assert (got[name]["status"], got[name]["reason"], got[name]["detail"]) == ("accepted", None, None)
     assert min(cos.values()) < 0.9999
+
+
+def test_candidates_that_do_not_match_geometrically_stay_accepted(tmp_path: Path, raw_photos: Path) -> None:
+    """With every pool image a candidate (threshold -1), geometric verification keeps only the real
+    copies, edited ones included (crop, small rotation, mirror, caption band); cosine alone takes all."""
+    photos = sorted(raw_photos.glob("*.JPEG"))[20:30]
+    imgs = [open_image(p.read_bytes()).convert("RGB") for p in photos]
+    bench = {f"c{i % 2}/{p.name}": p.read_bytes() for i, p in enumerate(photos[:5])}
+    root = _folder(tmp_path / "bench", bench)
+    w, h = imgs[0].size
+    band = imgs[3].copy()
+    band.paste((255, 255, 255), (0, band.height - band.height // 8, band.width, band.height))
+    planted = {
+        "crop.jpg": _jpeg(imgs[0].crop((w // 12, h // 12, w - w // 12, h - h // 12))),
+        "rotated.jpg": _jpeg(imgs[1].rotate(5, resample=Image.Resampling.BICUBIC)),
+        "mirror.jpg": _jpeg(imgs[2].transpose(Image.Transpose.FLIP_LEFT_RIGHT), 80),
+        "caption.jpg": _jpeg(band),
+    }
+    others = {f"other{i}.jpg": p.read_bytes() for i, p in enumerate(photos[5:])}
+    files = {**planted, **others}
+    descriptor = load_descriptor(BOOTSTRAP)
+    catalog = _catalog_of(tmp_path, _folder(tmp_path / "pool", files), files, descriptor)
+    loose = {"threshold": -1.0, "verify_below": 1.0}
+    out = apply_leak_removal(
+        catalog, descriptor, {"bench": str(root)}, LeakConfig(**loose), "r1", EmbedConfig(device="cpu")
+    )
+    got = {Path(r["uri"]).name: r for r in read_images(catalog).to_pylist()}
+    for name in planted:
+        assert got[name]["reason"] == "eval_leak", (name, got[name])
+        assert re.search(r", \d+ inliers", got[name]["detail"]), got[name]["detail"]
+    assert "(mirrored)" in got["mirror.jpg"]["detail"]
+    assert all(got[n]["status"] == "accepted" for n in others), [got[n]["detail"] for n in others]
+    assert out["geometric_checked"] == len(files) and out["geometric_vetoed"] == len(others)
+    # without verification the same threshold takes every pool image
+    unverified = LeakConfig(**loose, verify="none")
+    out = apply_leak_removal(
+        catalog, descriptor, {"bench": str(root)}, unverified, "r2", EmbedConfig(device="cpu")
+    )
+    assert out["leaks"] == len(files) and out["geometric_checked"] == 0
 
 
 def _catalog_of(tmp_path: Path, pool_dir: Path, files: dict[str, bytes], descriptor) -> Catalog:  # type: ignore[no-untyped-def]

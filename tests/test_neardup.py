@@ -213,3 +213,36 @@ def test_gpu_and_cpu_searches_agree() -> None:
         cpu_set = set(zip(cpu[0].tolist(), cpu[1].tolist(), strict=True))
         gpu_set = set(zip(gpu[0].tolist(), gpu[1].tolist(), strict=True))
         assert planted <= cpu_set and len(cpu_set ^ gpu_set) <= 0.01 * len(cpu_set), kind
+
+
+def test_links_under_verify_below_need_a_geometric_match(tmp_path, raw_photos) -> None:  # type: ignore[no-untyped-def]
+    """Three real photos and a cropped copy of the first, all four vectors at cosine ~0.95 of each
+    other (as the descriptor puts different photos of one scene): with geometric verification only
+    the copy is linked; cosine alone links everything into one group."""
+    from PIL import Image
+
+    photos = sorted(raw_photos.glob("*.JPEG"))[40:43]
+    with Image.open(photos[0]) as img:
+        w, h = img.size
+        img.convert("RGB").crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(
+            tmp_path / "crop.jpg", quality=85
+        )
+    files = [*photos, tmp_path / "crop.jpg"]
+    rng = np.random.default_rng(0)
+    centre = _unit(rng.standard_normal((1, 64)))[0]
+    noise = _unit(rng.standard_normal((len(files), 64)))
+    vectors = {str(f): _unit((centre + 0.23 * n)[None])[0] for f, n in zip(files, noise, strict=True)}
+    rows = []
+    for f in files:
+        with Image.open(f) as img:
+            rows.append({**_row(str(f), 0), "width": img.width, "height": img.height})
+    catalog = _catalog(tmp_path, rows, vectors)
+    cos = np.stack(list(vectors.values()))
+    assert ((cos @ cos.T)[np.triu_indices(4, 1)] > 0.93).all()
+    out = apply_semantic_dedup(catalog, MODEL, SemanticDedupConfig(threshold=0.9), "r1")
+    st = _status(catalog)
+    assert st[str(tmp_path / "crop.jpg")] == ("duplicate", "near_duplicate_embedding", str(photos[0]))
+    assert all(st[str(p)][0] == "accepted" for p in photos)
+    assert out["near_duplicate_embedding"] == 1 and out["geometric_vetoed"] == 5  # 6 links, 1 verified
+    out = apply_semantic_dedup(catalog, MODEL, SemanticDedupConfig(threshold=0.9, verify="none"), "r2")
+    assert out["near_duplicate_embedding"] == 3 and out["geometric_vetoed"] == 0
