@@ -10,9 +10,12 @@ Run: ``python -m benchmarks.bench_demo [--workdir DIR] [--no-direct-pretrain]``
    tree RSS sampled inside that window.
 2. The same stages as plain library calls on the same pool, in the same process, right after:
    ingest (same Dask LocalCluster size), both embedders, hash dedup with the copy-vector confirmer,
-   semantic dedup, into a second catalog; and the same torchrun command on the flow's dataset
-   version into a second run directory. Clustering, the dataset version, the evaluation and the
-   report are not repeated (their flow windows are listed; their Prefect share is not measured).
+   semantic dedup, leak removal, hierarchical k-means with the balanced sample, the dataset version (webdataset
+   shards), into a second catalog; the same torchrun command on the flow's dataset version into a
+   second run directory; the evaluation of the flow's exported teacher (same benchmark, baselines,
+   figures) with a fresh feature cache. The flow's extra work is orchestration, its artifacts (count
+   tables, progress, inline PNGs) and the cluster figures the direct calls do not draw.
+3. The artifacts the run left in the API, largest first: what the UI loads for each page.
 
 Prefect's share of a stage = the flow's window minus the direct call's wall time (both on this
 machine in this run; on a loaded machine the difference carries the load's noise).
@@ -33,11 +36,11 @@ from typing import Any
 import psutil
 
 from benchmarks.common import REPO, machine, write_result
-from flows.run_report import run_windows
+from flows.run_report import artifact_sizes, run_windows
 
 OUT = REPO / "benchmarks" / "results" / "demo.md"
-STAGES = ("curate", "ingest", "plan-partitions", "ingest-partition", "commit-ingest", "embed", "hash-dedup", "semantic-dedup", "cluster",
-          "dataset-version", "pretrain", "torchrun", "evaluate", "write-report")  # fmt: skip
+STAGES = ("curate", "ingest", "plan-partitions", "ingest-partition", "commit-ingest", "embed", "hash-dedup", "semantic-dedup",
+          "leak-removal", "cluster", "dataset-version", "pretrain", "torchrun", "evaluate", "write-report")  # fmt: skip
 
 
 class TreeSampler(threading.Thread):
@@ -65,8 +68,11 @@ class TreeSampler(threading.Thread):
             self.stopped.wait(self.period)
 
     def peak(self, start: float, end: float) -> float:
+        """Largest sample inside the window; for a window shorter than the period, the sample nearest it."""
         inside = [mb for t, mb in self.samples if start <= t <= end]
-        return max(inside, default=0.0)
+        if inside or not self.samples:
+            return max(inside, default=0.0)
+        return min(self.samples, key=lambda s: min(abs(s[0] - start), abs(s[0] - end)))[1]
 
 
 def stage_of(name: str) -> str | None:
@@ -134,6 +140,62 @@ def direct_curation(config: Any, catalog_dir: Path, sampler: TreeSampler) -> dic
         hashdedup.apply_hash_dedup(catalog, cur.dedup, run_id, confirm=confirm)
     with timed("semantic-dedup", sampler, out):
         apply_semantic_dedup(catalog, ids["copy"], sem, run_id)
+    if cur.leaks.eval_sets:
+        from curation.leaks import apply_leak_removal
+
+        with timed("leak-removal", sampler, out):
+            descriptor = load_embedder(checkpoint_for(cfg, "copy"), "copy")
+            sets, leaks = dict(cur.leaks.eval_sets), cur.leaks
+            apply_leak_removal(catalog, descriptor, sets, leaks, run_id, cur.embed, mirror=leaks.mirror)
+    out.update(direct_selection(cfg, catalog, ids["semantic"], run_id, sampler))
+    return out
+
+
+def direct_selection(
+    cfg: Any, catalog: Any, model_id: str, run_id: str, sampler: TreeSampler
+) -> dict[str, Any]:
+    """Hierarchical k-means, the balanced sample and its dataset version, as library calls."""
+    import pyarrow as pa
+
+    from curation.dataset_version import create_dataset_version
+    from curation.kmeans import hierarchical_kmeans
+    from data_catalog.clusters import write_clusters
+    from flows.clustering import balanced_selection, semantic_pool
+
+    out: dict[str, dict[str, float]] = {}
+    with timed("cluster", sampler, out):
+        pool, x, _ = semantic_pool(catalog, model_id)
+        kcfg = cfg.curate.cluster.fitted(len(x))
+        h = hierarchical_kmeans(x, kcfg)
+        ids = pool.column("image_id").to_pylist()
+        write_clusters(catalog, run_id, model_id, ids, h.levels_matrix(), h.distances, kcfg.model_dump())
+        picked = balanced_selection(cfg, pool, h, x)
+    stage = cfg.dataset
+    with timed("dataset-version", sampler, out):
+        create_dataset_version(
+            catalog, stage.name, selection=pool.take(pa.array(picked, pa.int64())), seed=stage.seed,
+            shard_max_bytes=stage.shard_max_bytes, reencode_max_side=stage.reencode_max_side,
+        )  # fmt: skip
+    return out
+
+
+def direct_evaluate(
+    config: Any, result: dict[str, Any], workdir: Path, sampler: TreeSampler
+) -> dict[str, Any]:
+    """The flow's evaluation of its exported teacher (each run benchmark, the same baselines and
+    figures) with a fresh feature cache, as library calls."""
+    from evaluation.datasets import load_benchmark
+    from evaluation.evaluate import evaluate_checkpoint
+    from evaluation.reports import write_reports
+
+    cfg = config.evaluate.model_copy(update={"cache_dir": str(workdir / "eval-cache-direct")})
+    teacher = str(Path(result["run_dir"]) / "teacher_backbone.safetensors")
+    out: dict[str, dict[str, float]] = {}
+    with timed("evaluate", sampler, out):
+        for name in cfg.run_benchmarks:
+            bench = load_benchmark(name, cfg.benchmark(name), cfg.cache_root())
+            res = evaluate_checkpoint(teacher, bench, cfg)
+            write_reports(res, bench, workdir / "eval-direct" / name, cfg)
     return out
 
 
@@ -183,6 +245,14 @@ def table(flow: dict[str, dict[str, float]], direct: dict[str, dict[str, float]]
     return "\n".join(lines) + "\n"
 
 
+def pages_table(pages: list[dict[str, Any]], top: int = 8) -> str:
+    """The largest artifacts (what the UI loads per page) and the total."""
+    lines = [f"artifacts: {len(pages)}, {sum(p['bytes'] for p in pages) / 1e6:.2f} MB in all; the largest:", "",
+             "| artifact | type | size (kB) |", "|---|---|---:|"]  # fmt: skip
+    lines += [f"| {p['key']} | {p['type']} | {p['bytes'] / 1e3:.0f} |" for p in pages[:top]]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=None, help="fresh folder (default: a temp dir)")
@@ -206,11 +276,15 @@ def main() -> None:
     direct = direct_curation(config, workdir / "catalog-direct", sampler)
     if not args.no_direct_pretrain:
         direct.update(direct_pretrain(config, result, sampler))
+    if config.evaluate.enabled:
+        direct.update(direct_evaluate(config, result, workdir, sampler))
     sampler.stopped.set()
+    pages = artifact_sizes()
     text = (f"machine: {machine()}\n\ncommand: `python -m benchmarks.bench_demo`; load average before: "
             f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, after: {os.getloadavg()[0]:.2f}\n\n"
             f"demo (flow + report) wall: {total:.0f} s; Prefect server process peak RSS {sampler.server_peak:.0f} MB "
-            "(not in the table)\n\n" + phase_times(Path(result["run_dir"])) + table(flow, direct))  # fmt: skip
+            "(not in the table)\n\n" + phase_times(Path(result["run_dir"])) + table(flow, direct)
+            + "\n" + pages_table(pages))  # fmt: skip
     write_result(args.out, text)
 
 
