@@ -44,6 +44,8 @@ BENCHMARKS: dict[str, list[str]] = {
         "8",
     ],
     "linear_probe": ["benchmarks.bench_linear_probe"],
+    # the full CIFAR-10 seed probe end to end (about 30 min on 2 cores)
+    "cifar_probe": ["benchmarks.bench_cifar_probe", "--precision", "bf16"],
     "demo": ["benchmarks.bench_demo"],  # the whole demo flow (minutes); last
 }
 
