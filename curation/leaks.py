@@ -223,12 +223,14 @@ def small_image_matches(
 
 
 def geometric_check(
-    pool: pa.Table, best: np.ndarray, sim: np.ndarray, meta: pa.Table, small: np.ndarray, cfg: Any
-) -> tuple[np.ndarray, dict[int, str], dict[str, int]]:
+    pool: pa.Table, best: np.ndarray, sim: np.ndarray, meta: pa.Table, small: np.ndarray, cfg: Any,
+    catalog: Catalog | None = None, run_id: str = "",
+) -> tuple[np.ndarray, dict[int, str], dict[str, int]]:  # fmt: skip
     """``(passes [P] bool, notes {row: ", N inliers"}, {"checked", "vetoed"})``: the candidates with
     ``threshold <= cosine < verify_below`` (not small, shorter side >= ``verify_min_side``) verified
     geometrically against their eval image and its mirror (``curation.geometric.verify_uri_pairs``); one
-    whose image cannot be read now is decided by its cosine."""
+    whose image cannot be read now is decided by its cosine. With a ``catalog``, matches are stored
+    and reused there (``data_catalog.matches``)."""
     from curation.geometric import verify_uri_pairs
 
     passes, notes = np.ones(pool.num_rows, dtype=bool), dict[int, str]()
@@ -238,9 +240,13 @@ def geometric_check(
         return passes, notes, {"checked": 0, "vetoed": 0}
     pool_uris = pool.column("uri").take(pa.array(rows)).to_pylist()
     eval_uris = meta.column("uri").take(pa.array(best[rows])).to_pylist()
+    pool_ids = pool.column("image_id").take(pa.array(rows)).to_pylist()
+    eval_ids = meta.column("image_id").take(pa.array(best[rows])).to_pylist()
+    keyed = all(pool_ids) and all(eval_ids)
     ok, matches = verify_uri_pairs(
-        list(zip(pool_uris, eval_uris, strict=True)), cfg.min_inliers, cfg.min_spread
-    )
+        list(zip(pool_uris, eval_uris, strict=True)), cfg.min_inliers, cfg.min_spread,
+        ids=list(zip(pool_ids, eval_ids, strict=True)) if keyed else None, catalog=catalog, run_id=run_id,
+    )  # fmt: skip
     ok |= np.array([m is None for m in matches], dtype=bool)  # an unreadable image: the cosine decides
     passes[rows] = ok
     for r, match in zip(rows, matches, strict=True):
@@ -299,7 +305,7 @@ def apply_leak_removal(
         best, sim = i[:, 0] // (2 if mirror else 1), s[:, 0]
     small, small_best, small_score = small_image_matches(pool, meta, cfg)
     best, sim = np.where(small, small_best, best), np.where(small, small_score, sim)
-    passes, notes, checked = geometric_check(pool, best, sim, meta, small, cfg)
+    passes, notes, checked = geometric_check(pool, best, sim, meta, small, cfg, catalog, run_id)
     decide_sim = np.where(passes, sim, -np.inf).astype(np.float32)
     new = _decide(pool, best, decide_sim, meta, cfg.threshold, small, cfg.small_threshold, notes)
     changed = decided_changed(pool.select(DECIDED), new)

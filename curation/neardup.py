@@ -1,9 +1,12 @@
 """Near-duplicates by copy-detection vectors: k-NN pairs above a cosine threshold, grouped.
 
-Two images are near duplicates when the cosine similarity of their copy-descriptor vectors
-(L2-normalised, ``data_catalog.embeddings``) is at least ``SemanticDedupConfig.threshold``. Pairs come
-from a faiss k-NN self-search (``curation.vector_search``: exact up to ``exact_max`` vectors, IVF
-above; GPU when present): each image's ``k`` nearest others, kept when above the threshold. Groups are
+Candidate pairs come from a faiss k-NN self-search over the copy-descriptor vectors (L2-normalised,
+``data_catalog.embeddings``; ``curation.vector_search``: exact up to ``exact_max`` vectors, IVF above;
+GPU when present): each image's ``k`` nearest others at cosine >= ``SemanticDedupConfig.verify_from``
+(or ``threshold`` without geometric verification). A candidate at >= ``verify_below`` is a link; under
+it, a link only when the two images match geometrically (``curation.geometric``; the measurements are
+stored in the catalog's ``geometric_matches`` and reused by later runs), and a pair that cannot be
+verified (an image under ``verify_min_side``, or unreadable now) only at >= ``threshold``. Groups are
 the connected components of these links and keep ONE member by hash dedup's rule (highest
 resolution, then the larger file, then the smallest uri: ``curation.hashdedup.keepers``); every other
 member becomes ``duplicate`` / ``near_duplicate_embedding`` with ``dup_of`` / ``dup_of_uri`` naming the
@@ -86,12 +89,15 @@ def near_duplicate_pairs(
 @dataclass(frozen=True)
 class SemanticGroups:
     """Per row: ``keeper`` (n,) int64 (itself when kept), ``cosine`` (n,) float32 to its keeper
-    (1 for kept rows); ``n_pairs``: links above the threshold."""
+    (1 for kept rows); ``n_pairs``: the links grouped (after verification)."""
 
     keeper: np.ndarray
     cosine: np.ndarray
     n_pairs: int
-    vetoed: int = 0  # links above the threshold that failed geometric verification (not in n_pairs)
+    candidates: int = 0  # k-NN pairs from the candidate floor up (verify_from, or the threshold)
+    above_threshold: int = 0  # of them, at or above the threshold
+    checked: int = 0  # pairs verified geometrically
+    vetoed: int = 0  # of them, failed (not linked)
 
     @property
     def is_duplicate(self) -> np.ndarray:
@@ -140,52 +146,94 @@ def _vectors(catalog: Catalog, model_id: str, ids: list[str]) -> tuple[dict[str,
     return {str(v): r for r, v in enumerate(got_ids)}, np.asarray(vectors, dtype=np.float32)
 
 
-def _detail(cosine: float, threshold: float) -> str:
-    via = "" if cosine >= threshold else " (linked through other copies)"
+def _detail(cosine: float, direct: bool, verified: bool) -> str:
+    via = (
+        " (matched geometrically)"
+        if direct and verified
+        else ""
+        if direct
+        else " (linked through other copies)"
+    )
     return f"copy-descriptor cosine {cosine:.4f} to the kept image{via}"
 
 
+def candidate_floor(cfg: Any) -> float:
+    """The cosine from which k-NN pairs are candidates: ``cfg.threshold``, or the lower ``verify_from``
+    when pairs are verified geometrically."""
+    verify_from = getattr(cfg, "verify_from", None)
+    if getattr(cfg, "verify", "none") != "geometric" or verify_from is None:
+        return float(cfg.threshold)
+    return float(min(cfg.threshold, verify_from))
+
+
 def verified_links(
-    cand: pa.Table, i: np.ndarray, j: np.ndarray, sims: np.ndarray, cfg: Any
-) -> tuple[np.ndarray, int]:
-    """``(keep [P] bool, vetoed)``: with ``cfg.verify == "geometric"``, the links under
-    ``cfg.verify_below`` between images whose shorter sides are >= ``cfg.verify_min_side`` are kept only
-    when the two images match geometrically (``curation.geometric.verify_uri_pairs``); a pair with an
-    image that cannot be read now keeps its link (the cosine decides, as without verification)."""
+    cand: pa.Table, i: np.ndarray, j: np.ndarray, sims: np.ndarray, cfg: Any,
+    catalog: Catalog | None = None, run_id: str = "",
+) -> tuple[np.ndarray, dict[str, int]]:  # fmt: skip
+    """``(keep [P] bool, counts)`` of candidate links (i, j) at cosines ``sims``. Without geometric
+    verification a link stands at ``cfg.threshold``. With ``cfg.verify == "geometric"``: a link at or
+    above ``cfg.verify_below`` stands; under it, a pair of images whose shorter sides are >=
+    ``cfg.verify_min_side`` stands only when the two images match geometrically
+    (``curation.geometric.verify_uri_pairs``), down to :func:`candidate_floor`; a pair that cannot be
+    verified (a smaller image, or one that cannot be read now) is decided by the cosine at
+    ``cfg.threshold``. ``counts``: ``checked`` (pairs verified), ``vetoed`` (of them, failed). With a
+    ``catalog``, matches are stored and reused there (``data_catalog.matches``)."""
     from curation.geometric import verify_uri_pairs
 
-    keep = np.ones(len(i), dtype=bool)
+    keep = sims >= cfg.threshold
+    counts = {"checked": 0, "vetoed": 0}
     if getattr(cfg, "verify", "none") != "geometric" or len(i) == 0:
-        return keep, 0
+        return keep, counts
     big = np.fmin(int_column(cand.column("width")), int_column(cand.column("height"))) >= cfg.verify_min_side
+    keep |= sims >= cfg.verify_below
     check = np.flatnonzero((sims < cfg.verify_below) & big[i] & big[j])
     if check.size == 0:
-        return keep, 0
+        return keep, counts
     uris = cand.column("uri").to_pylist()
     pairs = [(uris[int(i[n])], uris[int(j[n])]) for n in check]
-    ok, matches = verify_uri_pairs(pairs, cfg.min_inliers, cfg.min_spread)
-    ok |= np.array([m is None for m in matches], dtype=bool)  # an unreadable image: the cosine decides
-    keep[check] = ok
-    return keep, int((~ok).sum())
+    image_ids = cand.column("image_id").to_pylist()
+    ids = [(image_ids[int(i[n])], image_ids[int(j[n])]) for n in check]
+    keyed = all(a and b for a, b in ids)
+    ok, matches = verify_uri_pairs(
+        pairs, cfg.min_inliers, cfg.min_spread, ids=ids if keyed else None, catalog=catalog, run_id=run_id
+    )
+    unreadable = np.array([m is None for m in matches], dtype=bool)
+    keep[check] = ok | (unreadable & (sims[check] >= cfg.threshold))  # unreadable: the cosine decides
+    counts = {"checked": int((~unreadable).sum()), "vetoed": int((~ok & ~unreadable).sum())}
+    return keep, counts
 
 
 def decide(
-    cand: pa.Table, vectors: np.ndarray, threshold: float, k: int, cfg: Any
-) -> tuple[pa.Table, SemanticGroups]:
+    cand: pa.Table, vectors: np.ndarray, threshold: float, k: int, cfg: Any,
+    catalog: Catalog | None = None, run_id: str = "",
+) -> tuple[pa.Table, SemanticGroups]:  # fmt: skip
     """New (uri, status, reason, dup_of, dup_of_uri, detail) of candidate rows with their vectors
-    [n, D] (row r's vector is vectors[r])."""
-    i, j, sims = near_duplicate_pairs(vectors, threshold, k, cfg)
-    keep, vetoed = verified_links(cand, i, j, sims, cfg)
+    [n, D] (row r's vector is vectors[r]); geometric matches stored in and reused from ``catalog``."""
+    cfg = cfg.model_copy(update={"threshold": threshold}) if hasattr(cfg, "model_copy") else cfg
+    i, j, sims = near_duplicate_pairs(vectors, candidate_floor(cfg), k, cfg)
+    keep, counts = verified_links(cand, i, j, sims, cfg, catalog, run_id)
+    above = int((sims >= threshold).sum())
     i, j = i[keep], j[keep]
     uris = cand.column("uri")
     pixels = int_column(cand.column("width")) * int_column(cand.column("height"))
     groups = group_pairs(
         vectors, i, j, pixels, int_column(cand.column("bytes")), uris, image_id_codes(cand.column("image_id"))
     )
-    groups = replace(groups, vetoed=vetoed)
+    groups = replace(
+        groups,
+        candidates=len(keep),
+        above_threshold=above,
+        checked=counts["checked"],
+        vetoed=counts["vetoed"],
+    )
     dup = groups.is_duplicate
     keeper = pa.array(groups.keeper, mask=~dup)
-    details = [_detail(float(c), threshold) if d else None for c, d in zip(groups.cosine, dup, strict=True)]
+    links = set(zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist(), strict=True))
+    verified = getattr(cfg, "verify", "none") == "geometric"
+    details = [
+        _detail(float(c), (min(r, kr), max(r, kr)) in links, verified and c < cfg.verify_below) if d else None
+        for r, (c, d, kr) in enumerate(zip(groups.cosine, dup, groups.keeper.tolist(), strict=True))
+    ]
     new = pa.table(
         {
             "uri": uris,
@@ -245,7 +293,7 @@ def apply_semantic_dedup(
     has = rows >= 0
     cand = table.filter(pa.array(has))
     vecs = vectors[rows[has]] if has.any() else np.zeros((0, vectors.shape[1]), np.float32)
-    new, groups = decide(cand, vecs, cfg.threshold, cfg.k, cfg)
+    new, groups = decide(cand, vecs, cfg.threshold, cfg.k, cfg, catalog, run_id)
     changed = decided_changed(cand.select(DECIDED), new)
     if changed.any():
         version = commit_decisions(catalog, new.filter(pa.array(changed)), run_id)
@@ -260,7 +308,11 @@ def apply_semantic_dedup(
         "missing_vectors": int((~has).sum()),
         "kept": int(len(vecs) - n_dup),
         EMBEDDING: n_dup,
-        "pairs_above_threshold": groups.n_pairs + groups.vetoed,
+        "verify_from": candidate_floor(cfg),
+        "candidate_pairs": groups.candidates,
+        "pairs_above_threshold": groups.above_threshold,
+        "pairs_linked": groups.n_pairs,
+        "geometric_checked": groups.checked,
         "geometric_vetoed": groups.vetoed,
         "changed": int(changed.sum()),
         "images_version": version,

@@ -22,6 +22,8 @@ from data_catalog.datasets import read_datasets
 from data_catalog.embeddings import export_embeddings
 from data_catalog.evaluations import read_evaluations
 from data_catalog.images import read_images
+from data_catalog.matches import MATCHES_SCHEMA
+from data_catalog.matches import TABLE as MATCHES
 from data_catalog.runs import read_runs
 
 READERS: dict[str, Callable[[Catalog, int | None], pa.Table]] = {
@@ -31,6 +33,7 @@ READERS: dict[str, Callable[[Catalog, int | None], pa.Table]] = {
     "evaluations": read_evaluations,
     "clusters": lambda catalog, version: read_clusters(catalog, version=version),
     "embeddings": export_embeddings,  # vectors as lists of float32
+    MATCHES: lambda catalog, version: catalog.read(MATCHES, MATCHES_SCHEMA, version=version),
 }
 
 

@@ -47,6 +47,28 @@ def test_different_photos_do_not_verify(photos: dict[str, tuple[bytes, Image.Ima
     assert not is_copy(text), text
 
 
+# Captioned copies of different calibration photos that matched with 80-169 inliers, the caption's text
+# plus one or two stray inliers far from it, whose convex hull covered 0.12-0.28 of the image.
+CAPTION_PAIRS = [
+    ("n02098286_West_Highland_white_terrier.JPEG", "n04493381_tub.JPEG"),
+    ("n03788365_mosquito_net.JPEG", "n03902125_pay-phone.JPEG"),
+    ("n02859443_boathouse.JPEG", "n03131574_crib.JPEG"),
+    ("n03584254_iPod.JPEG", "n04336792_stretcher.JPEG"),
+]
+
+
+@pytest.mark.parametrize("pair", CAPTION_PAIRS, ids=lambda p: p[0].split("_")[1])
+def test_a_shared_caption_with_stray_inliers_is_not_a_copy(shared_data: Path, pair: tuple[str, str]) -> None:
+    a, b = (shared_data / "raw-photos" / "images" / name for name in pair)
+    ia, ib = open_image(a.read_bytes()), open_image(b.read_bytes())
+    match = verify_pair(
+        open_image(copy_bytes(a.read_bytes(), ia, "caption")),
+        open_image(copy_bytes(b.read_bytes(), ib, "caption")),
+    )
+    assert match.inliers >= 20 and not is_copy(match), match  # many inliers, all but a few in one band
+    assert is_copy(verify_pair(ia, open_image(copy_bytes(a.read_bytes(), ia, "caption"))))
+
+
 def test_small_and_blank_images_score_zero_without_error(
     photos: dict[str, tuple[bytes, Image.Image]],
 ) -> None:

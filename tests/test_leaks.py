@@ -15,11 +15,14 @@ from PIL import Image
 
 from curation.config import EmbedConfig, LeakConfig
 from curation.embed import embed_arrays
+from curation.geometric import VERIFIER_ID
 from curation.leaks import apply_leak_removal, list_eval_set, parse_eval_set
 from data_catalog.catalog import Catalog
 from data_catalog.embeddings import write_embeddings
 from data_catalog.image import open_image
 from data_catalog.images import IMAGES_SCHEMA, read_images, upsert_images
+from data_catalog.matches import MATCHES_SCHEMA
+from data_catalog.matches import TABLE as MATCHES
 from data_catalog.uris import UriReader
 from pretrain.models.descriptors import load_descriptor
 
@@ -162,6 +165,9 @@ def test_candidates_that_do_not_match_geometrically_stay_accepted(tmp_path: Path
     assert "(mirrored)" in got["mirror.jpg"]["detail"]
     assert all(got[n]["status"] == "accepted" for n in others), [got[n]["detail"] for n in others]
     assert out["geometric_checked"] == len(files) and out["geometric_vetoed"] == len(others)
+    # each (pool image, benchmark image) match is stored once, under the verifier's id
+    stored = catalog.read(MATCHES, MATCHES_SCHEMA)
+    assert stored.num_rows == len(files) and set(stored.column("verifier").to_pylist()) == {VERIFIER_ID}
     # without verification the same threshold takes every pool image
     unverified = LeakConfig(**loose, verify="none")
     out = apply_leak_removal(

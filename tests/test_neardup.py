@@ -246,3 +246,66 @@ def test_links_under_verify_below_need_a_geometric_match(tmp_path, raw_photos) -
     assert out["near_duplicate_embedding"] == 1 and out["geometric_vetoed"] == 5  # 6 links, 1 verified
     out = apply_semantic_dedup(catalog, MODEL, SemanticDedupConfig(threshold=0.9, verify="none"), "r2")
     assert out["near_duplicate_embedding"] == 3 and out["geometric_vetoed"] == 0
+
+
+def test_pairs_from_verify_from_link_only_when_they_match_and_the_matches_are_stored(
+    tmp_path, raw_photos
+) -> None:  # type: ignore[no-untyped-def]
+    """Four real photos and a cropped copy of the first, all at cosine ~0.95, under a cosine-alone
+    threshold of 0.99: verify_from 0.9 makes them candidates and only the copy verifies. The matches
+    are stored in the catalog: after the files are gone (unreadable, so a fresh verification could not
+    link anything), the next run reuses them and decides the same."""
+    import shutil
+
+    from PIL import Image
+
+    from curation.geometric import VERIFIER_ID
+    from data_catalog.matches import MATCHES_SCHEMA, TABLE
+
+    photos = []
+    for p in sorted(raw_photos.glob("*.JPEG"))[40:44]:
+        photos.append(tmp_path / "pool" / p.name)
+        photos[-1].parent.mkdir(exist_ok=True)
+        shutil.copy(p, photos[-1])
+    with Image.open(photos[0]) as img:
+        w, h = img.size
+        img.convert("RGB").crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(
+            tmp_path / "pool" / "crop.jpg", quality=85
+        )
+    files = [*photos, tmp_path / "pool" / "crop.jpg"]
+    rng = np.random.default_rng(1)
+    centre = _unit(rng.standard_normal((1, 64)))[0]
+    noise = _unit(rng.standard_normal((len(files), 64)))
+    vectors = {str(f): _unit((centre + 0.23 * n)[None])[0] for f, n in zip(files, noise, strict=True)}
+    rows = []
+    for f in files:
+        with Image.open(f) as img:
+            rows.append({**_row(str(f), 0), "width": img.width, "height": img.height})
+    catalog = _catalog(tmp_path, rows, vectors)
+    cos = np.stack(list(vectors.values()))
+    assert ((cos @ cos.T)[np.triu_indices(len(files), 1)] < 0.99).all()
+
+    alone = apply_semantic_dedup(catalog, MODEL, SemanticDedupConfig(threshold=0.99, verify_from=None), "r0")
+    assert alone["near_duplicate_embedding"] == 0 and alone["candidate_pairs"] == 0
+    cfg = SemanticDedupConfig(threshold=0.99, verify_from=0.9)
+    out = apply_semantic_dedup(catalog, MODEL, cfg, "r1")
+    st = _status(catalog)
+    crop = str(tmp_path / "pool" / "crop.jpg")
+    assert st[crop] == ("duplicate", "near_duplicate_embedding", str(photos[0]))
+    assert all(st[str(p)][0] == "accepted" for p in photos)
+    assert out["verify_from"] == 0.9 and out["pairs_above_threshold"] == 0
+    assert out["candidate_pairs"] == out["geometric_checked"] > 1 and out["pairs_linked"] == 1
+    assert out["geometric_vetoed"] == out["candidate_pairs"] - 1
+    detail = {r["uri"]: r["detail"] for r in read_images(catalog).to_pylist()}[crop]
+    assert detail.endswith("to the kept image (matched geometrically)"), detail
+    stored = catalog.read(TABLE, MATCHES_SCHEMA)
+    assert stored.num_rows == out["geometric_checked"]
+    assert set(stored.column("verifier").to_pylist()) == {VERIFIER_ID}
+
+    shutil.rmtree(tmp_path / "pool")
+    again = apply_semantic_dedup(catalog, MODEL, cfg, "r2")
+    assert again["near_duplicate_embedding"] == 1 and again["changed"] == 0
+    assert catalog.read(TABLE, MATCHES_SCHEMA).num_rows == stored.num_rows  # nothing verified again
+    # with verification off, verify_from has no effect: the cosine alone decides at the threshold
+    off = apply_semantic_dedup(catalog, MODEL, cfg.model_copy(update={"verify": "none"}), "r3")
+    assert off["candidate_pairs"] == 0 and off["near_duplicate_embedding"] == 0
