@@ -41,10 +41,10 @@ from benchmarks.common import machine, write_result
 from benchmarks.copy_detection_parts import Pool, evaluate, phash_scores
 from benchmarks.measure_phash_radius import shared_data_dir
 from curation.binary_index import distinct_near_pairs, hex_to_uint64
-from curation.config import IngestConfig
+from curation.config import IngestConfig, SemanticDedupConfig
 from curation.decode import decode_record
 from curation.embed import embed_arrays
-from curation.neardup import group_pairs, near_duplicate_pairs
+from curation.neardup import candidate_floor, group_pairs, near_duplicate_pairs
 from curation.phash_confirm import candidate_row_pairs, cosine_pairs
 from curation.vector_search import Search, search
 from data_catalog.image import open_image
@@ -112,6 +112,7 @@ class Verifier:
         from curation.config import GeometricVerifyConfig
 
         self.pool, self.cfg, self.features = pool, GeometricVerifyConfig(), {}  # type: ignore[var-annotated]
+        self.matches: dict[tuple[int, int], Any] = {}
 
     def _feats(self, n: int) -> Any:
         from curation.geometric import local_features
@@ -120,16 +121,71 @@ class Verifier:
             self.features[n] = local_features(open_image(self.pool.items[n].data))
         return self.features[n]
 
-    def keep(self, a: np.ndarray, b: np.ndarray, score: np.ndarray) -> np.ndarray:
+    def measure(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inliers [P], spread [P]) of the pairs (a, b), b also matched as its mirror."""
+        from curation.geometric import match_features
+
+        ms = []
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            if (x, y) not in self.matches:
+                self.matches[x, y] = match_features(self._feats(x), self._feats(y))
+            ms.append(self.matches[x, y])
+        return np.array([m.inliers for m in ms], np.int64), np.array([m.spread for m in ms], np.float64)
+
+    def keep(
+        self, a: np.ndarray, b: np.ndarray, score: np.ndarray, min_inliers: int | None = None,
+        min_spread: float | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """[P] bool: pairs (a, b) at ``score`` that the stages keep: at or above ``verify_below``, or
         matching geometrically (b also as its mirror)."""
-        from curation.geometric import is_copy, match_features
-
         out = score >= self.cfg.verify_below
-        for n in np.flatnonzero(~out):
-            m = match_features(self._feats(int(a[n])), self._feats(int(b[n])))
-            out[n] = is_copy(m, self.cfg.min_inliers, self.cfg.min_spread)
+        check = np.flatnonzero(~out)
+        inliers, spread = self.measure(a[check], b[check])
+        mi = self.cfg.min_inliers if min_inliers is None else min_inliers
+        ms = self.cfg.min_spread if min_spread is None else min_spread
+        out[check] = (inliers >= mi) & (spread >= ms)
         return out
+
+
+GRID_FLOORS = (0.8, 0.85, 0.9, None)  # None: the cosine threshold itself
+GRID_INLIERS = (15, 20)
+GRID_SPREADS = (0.02, 0.03, 0.04, 0.05)
+
+
+def verify_grid(
+    pool: Pool, v: np.ndarray, score: np.ndarray, threshold: float, k: int, verifier: Verifier
+) -> list[dict[str, Any]]:
+    """Precision and recall of the stage's rule (k nearest from a floor, verified under verify_below)
+    over floors x min_inliers x min_spread: every candidate measured once at the lowest floor."""
+    verify_below = SemanticDedupConfig().verify_below
+    near = knn_pairs(v, pool, k)
+    low = min(f for f in GRID_FLOORS if f is not None)
+    cand = np.flatnonzero(near & (score >= min(low, threshold)) & (score < verify_below))
+    inliers, spread = verifier.measure(pool.i[cand], pool.j[cand])
+    rows = []
+    for floor in GRID_FLOORS:
+        f = threshold if floor is None else floor
+        for mi in GRID_INLIERS:
+            for ms in GRID_SPREADS:
+                pred = near & (score >= verify_below)
+                ok = (score[cand] >= f) & (inliers >= mi) & (spread >= ms)
+                pred[cand[ok]] = True
+                r = evaluate(pool, score, pred)
+                rows.append({"floor": f, "min_inliers": mi, "min_spread": ms,
+                             "verified_per_image": float((score[cand] >= f).sum() / len(pool.items)),
+                             "precision": r["precision"], "recall": r["recall"], "fp": r["fp"], "groups": r["groups"]})  # fmt: skip
+    return rows
+
+
+def knn_pairs(v: np.ndarray, pool: Pool, k: int) -> np.ndarray:
+    """[P] bool over the pool's pairs: one image is among the other's ``k`` nearest (the stage's search)."""
+    sim = v @ v.T
+    np.fill_diagonal(sim, -np.inf)
+    nn = np.argpartition(-sim, k, axis=1)[:, :k]
+    near = np.zeros(sim.shape, dtype=bool)
+    near[np.repeat(np.arange(len(v)), k), nn.ravel()] = True
+    near |= near.T
+    return near[pool.i, pool.j]
 
 
 def dedup_stage(pool: Pool, v: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -151,7 +207,7 @@ def dedup_stage(pool: Pool, v: np.ndarray, threshold: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def edits_section(desc: Descriptor, photos: int | None, views: int) -> dict[str, Any]:
+def edits_section(desc: Descriptor, photos: int | None, views: int, grid: bool = False) -> dict[str, Any]:
     splits = split_photos((shared_data_dir() / "raw-photos" / "images").iterdir())
     out: dict[str, Any] = {}
     for name in ("calibration", "heldout"):
@@ -173,11 +229,23 @@ def edits_section(desc: Descriptor, photos: int | None, views: int) -> dict[str,
         rows[tag] = {"semantic": evaluate(p["pool"], p["score"], sem), "phash_r6": evaluate(p["pool"], p["phash"], ph),
                      "union": evaluate(p["pool"], np.maximum(p["score"], p["phash"] / 64), sem | ph)}  # fmt: skip
         pos = p["pool"].positive
-        found = np.flatnonzero(sem)  # the stage's default: links under verify_below verified geometrically
+        # the stage's default: pairs among each image's k nearest from verify_from up are candidates, and
+        # those under verify_below count only when they match geometrically
+        cfg = SemanticDedupConfig(threshold=t)
+        floor = candidate_floor(cfg)
+        cand = knn_pairs(p["v"], p["pool"], cfg.k) & (p["score"] >= floor)
+        found = np.flatnonzero(cand)
         geo = np.zeros_like(sem)
-        geo[found] = Verifier(p["pool"]).keep(p["pool"].i[found], p["pool"].j[found], p["score"][found])
+        p["verifier"] = Verifier(p["pool"])
+        geo[found] = p["verifier"].keep(p["pool"].i[found], p["pool"].j[found], p["score"][found])
         p["geo"] = geo
         rows[tag]["semantic_geometric"] = evaluate(p["pool"], p["score"], geo)
+        rows[tag]["semantic_geometric"]["verified_per_image"] = float(
+            (cand & (p["score"] < cfg.verify_below)).sum() / len(p["pool"].items)
+        )
+        rows[tag]["semantic_geometric"]["verify_from"] = floor
+        if grid:
+            rows[tag]["verify_grid"] = verify_grid(p["pool"], p["v"], p["score"], t, cfg.k, p["verifier"])
         rows[tag]["found_by_semantic_missed_by_phash"] = int((sem & ~ph & pos).sum())
         rows[tag]["false_among_those"] = int((sem & ~ph & ~pos).sum())
     rows["heldout"]["dedup_stage"] = dedup_stage(held["pool"], held["v"], t)
@@ -331,12 +399,13 @@ def report(
             f"| {tag} | semantic | {_pr(r['semantic'])} | {r['found_by_semantic_missed_by_phash']} ({r['false_among_those']}) |"
         )
         lines.append(
-            f"| {tag} | semantic, then geometric verification under 0.99 (the stage's default) | {_pr(r['semantic_geometric'])} | |"
+            f"| {tag} | the stage's default: the {SemanticDedupConfig().k} nearest from cosine {r['semantic_geometric']['verify_from']:.2f}, "
+            f"verified geometrically under 0.99 ({r['semantic_geometric']['verified_per_image']:.1f} pairs verified per image) | {_pr(r['semantic_geometric'])} | |"
         )
         lines.append(f"| {tag} | pHash radius 6 | {_pr(r['phash_r6'])} | |")
         lines.append(f"| {tag} | semantic or pHash | {_pr(r['union'])} | |")
     d = held["semantic_at_0.75"]
-    lines += [f"| held-out | semantic at the config default 0.75 | {_pr(d)} | |", "",
+    lines += [f"| held-out | semantic at cosine 0.75 (the config default before calibration) | {_pr(d)} | |", "",
               "Recall per edit (held-out, a copy against its original):", "",
               "| detector | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]  # fmt: skip
     for label, key in (
@@ -346,6 +415,15 @@ def report(
         ("semantic or pHash", "union"),
     ):
         lines.append(f"| {label} | " + " | ".join(f"{held[key]['edits'][n]:.3f}" for n in names) + " |")
+    if "verify_grid" in cal:
+        lines += ["", "Geometric verification grid (choose on calibration; held-out never tuned on): pairs among the "
+                  f"{SemanticDedupConfig().k} nearest from the floor up, those under 0.99 linked when they match:", "",
+                  "| floor | min inliers | min spread | verified per image | calibration P | calibration R | held-out P | "
+                  "held-out R | held-out easy | held-out hard |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for c, h in zip(cal["verify_grid"], held["verify_grid"], strict=True):
+            lines.append(f"| {c['floor']:.4g} | {c['min_inliers']} | {c['min_spread']} | {c['verified_per_image']:.1f} | "
+                         f"{c['precision']:.4f} | {c['recall']:.3f} | {h['precision']:.4f} | {h['recall']:.3f} | "
+                         f"{h['groups'].get('easy', 0):.3f} | {h['groups'].get('hard', 0):.3f} |")  # fmt: skip
     st = held["dedup_stage"]
     lines += ["", f"The dedup stage on the held-out pool ({st['images']} images, `near_duplicate_pairs` k = 16 + components + "
               f"keeper): {st['removed']} removed, {st['removed_wrongly']} of them grouped with another photo; "
@@ -415,6 +493,9 @@ def main() -> None:
     p.add_argument("--cifar-test", type=int, default=None, help="CIFAR test images (default: all 10,000)")
     p.add_argument("--cifar-size", type=int, default=32, help="descriptor input size for CIFAR images")
     p.add_argument("--no-cifar", action="store_true")
+    p.add_argument(
+        "--grid", action="store_true", help="also the verification grid (floors x inliers x spread)"
+    )
     p.add_argument("--out", default="semantic_dedup")
     args = p.parse_args()
     import sys
@@ -430,7 +511,7 @@ def main() -> None:
         if desc.kind == "dinoflow-backbone"
         else ""
     )
-    ed = edits_section(desc, args.photos, args.views)
+    ed = edits_section(desc, args.photos, args.views, args.grid)
     print(json.dumps(_strip(ed), default=float)[:2000], flush=True)
     ph = phash_section(desc, small, ed["_held"], ed["threshold"], args.small)
     print(json.dumps(ph), flush=True)

@@ -115,6 +115,19 @@ def semantic_stages(config: PipelineConfig, run_id: str, embedded: dict[str, Any
     return out
 
 
+def _geometric(cfg: Any, verify_from: float | None) -> dict[str, Any] | None:
+    """What a dataset version records of a stage's geometric verification (None when off)."""
+    from curation.geometric import VERIFIER_ID
+
+    if cfg.verify != "geometric":
+        return None
+    out = {"verifier": VERIFIER_ID, "verify_below": cfg.verify_below, "min_inliers": cfg.min_inliers,
+           "min_spread": cfg.min_spread, "verify_min_side": cfg.verify_min_side}  # fmt: skip
+    if verify_from is not None:
+        out["verify_from"] = min(verify_from, cfg.threshold)
+    return out
+
+
 def selection_record(
     config: PipelineConfig, embedded: dict[str, Any], stages: dict[str, Any]
 ) -> dict[str, Any]:
@@ -139,8 +152,10 @@ def selection_record(
         thresholds["phash_confirm_cosine"] = (
             (cur.semdedup.confirm_threshold or cur.semdedup.threshold) if cur.semdedup.confirm_phash else None
         )
+        thresholds["near_duplicate_geometric"] = _geometric(cur.semdedup, cur.semdedup.verify_from)
     if "leaks" in stages:
         thresholds["eval_leak_cosine"] = cur.leaks.threshold
+        thresholds["eval_leak_geometric"] = _geometric(cur.leaks, None)
         rule["eval_sets"] = dict(cur.leaks.eval_sets)
     embedders = {
         role: {"model_id": r["model_id"], "checkpoint": r["checkpoint"]} for role, r in embedded.items()

@@ -128,6 +128,9 @@ def test_curate_flow_removes_embedding_duplicates_and_leaks_and_writes_a_balance
     assert (
         rule["thresholds"]["near_duplicate_cosine"] == 0.95 and rule["thresholds"]["eval_leak_cosine"] == 0.95
     )
+    geometric = rule["thresholds"]["near_duplicate_geometric"]  # how pairs were verified, to reproduce it
+    assert geometric["verify_from"] == 0.8 and geometric["verifier"].startswith("sift")
+    assert "verify_from" not in rule["thresholds"]["eval_leak_geometric"]
 
     # each stage published its counts, and its report embeds its PNGs
     for key in ("semantic-dedup-counts", "leak-removal-counts"):
