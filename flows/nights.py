@@ -119,6 +119,12 @@ def run_completed(catalog: str, run_dir: Path) -> bool:
     return row is not None and row["status"] == "completed"
 
 
+def run_steps(catalog: str, run_dir: Path) -> int | None:
+    """The steps the run of ``run_dir`` registered (None: no row)."""
+    row = _run_row(Catalog(catalog), run_dir.name)
+    return None if row is None or row["steps"] is None else int(row["steps"])
+
+
 def benchmarks_to_evaluate(catalog: str, run_dir: Path, benchmarks: list[str]) -> list[str]:
     """Those of ``benchmarks`` with no evaluation row for the run of ``run_dir`` yet."""
     from data_catalog.evaluations import read_evaluations

@@ -6,6 +6,7 @@ and an evaluation already recorded, and resumes a run killed mid-training from i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -19,6 +20,31 @@ from flows.pretrain_stage import pretrain, run_dir_for
 from flows.run_report import report_task
 
 
+def completed_with_other_settings(config: PipelineConfig, run_dir: Path) -> str | None:
+    """One line when the completed run of ``run_dir`` was trained with other settings than the config's
+    (more ``max_steps`` than it ran, another learning rate, ...), else None."""
+    from data_catalog.settings import read_yaml
+    from flows.nights import run_steps
+    from pretrain.config import config_differences
+
+    diffs = []
+    steps, wanted = run_steps(config.catalog, run_dir), config.pretrain.max_steps
+    if wanted is not None and steps is not None and steps < wanted:
+        diffs.append(f"max_steps: {steps} -> {wanted}")
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        diffs += config_differences(
+            read_yaml(saved), starting_point(config.catalog, config.pretrain, run_dir).train
+        )
+    if not diffs:
+        return None
+    return (
+        f"run {run_dir.name} completed with other settings than the config's ({'; '.join(diffs)}): pretraining "
+        "skipped, the completed run stands; to train with the new settings, give the run another "
+        "pretrain.output_root (or pretrain.preset)"
+    )
+
+
 def pretrain_and_evaluate(config: PipelineConfig, dataset: str) -> dict[str, Any]:
     """Pretrain on ``dataset`` unless its run completed (a new run starts per ``continue_from``, a
     killed one resumes), then evaluate on the benchmarks the run has no evaluation for yet."""
@@ -27,6 +53,10 @@ def pretrain_and_evaluate(config: PipelineConfig, dataset: str) -> dict[str, Any
     if run_completed(config.catalog, run_dir):
         logger.info("run %s on %s is already completed: pretraining skipped", run_dir.name, dataset)
         out["run_dir"] = str(run_dir)
+        changed = completed_with_other_settings(config, run_dir)
+        if changed is not None:  # never silently: the settings the user changed did not train anything
+            logger.warning(changed)
+            out["pretrain_skipped"] = changed
     else:
         stage = starting_point(config.catalog, config.pretrain, run_dir)
         start = stage.train.model.init_backbone

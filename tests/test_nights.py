@@ -111,6 +111,14 @@ def test_three_nights_on_a_growing_source(
     [said] = _artifact("curate-nothing-new")
     assert "no new images since nightly:v2" in said.description
     assert third["run_dir"] == second["run_dir"] and "evaluations" not in third
+    assert "pretrain_skipped" not in third
+
+    # night 4: nothing new, but more steps asked for: the completed run stands, and the night says why
+    more = PipelineConfig.model_validate(night_config(tmp_path, source, max_steps=4))
+    fourth = curate_and_pretrain(more)
+    assert fourth["run_dir"] == second["run_dir"] and {t: catalog.version(t) for t in versions} == versions
+    assert "max_steps: 2 -> 4" in fourth["pretrain_skipped"], fourth["pretrain_skipped"]
+    assert "output_root" in fourth["pretrain_skipped"]
 
 
 def test_continue_from_none_starts_fresh(tmp_path: Path) -> None:
