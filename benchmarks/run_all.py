@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, list[str]] = {
         "--nprobe",
         "8",
     ],
+    "geometric": ["benchmarks.bench_geometric"],
     "linear_probe": ["benchmarks.bench_linear_probe"],
     # the full CIFAR-10 seed probe end to end (about 30 min on 2 cores)
     "cifar_probe": ["benchmarks.bench_cifar_probe", "--precision", "bf16"],

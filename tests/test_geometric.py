@@ -80,3 +80,28 @@ def test_small_and_blank_images_score_zero_without_error(
     match = verify_pair(img, tiny)  # upscaled to the working size: still matches or scores low, no error
     assert match.inliers >= 0 and 0.0 <= match.spread <= 1.0
     assert verify_pair(img, tiny) == match  # RANSAC seeded: deterministic
+
+
+def test_pairs_measured_in_blocks_on_threads_match_one_by_one(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of pairs on several threads give each pair the match a lone verify_pair gives, an
+    unreadable file gives None, and the order of the answers is the order of the pairs."""
+    import curation.geometric as geometric
+    from data_catalog.uris import UriReader
+
+    paths = []
+    for name in PHOTOS:
+        data = (shared_data / "raw-photos" / "images" / name).read_bytes()
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+        paths.append(tmp_path / f"crop-{name}")
+        paths[-1].write_bytes(copy_bytes(data, open_image(data), "crop_85"))
+    missing = str(tmp_path / "gone.jpg")
+    pairs = [(str(a), str(b)) for a in paths for b in paths if a != b][:14] + [(str(paths[0]), missing)]
+    monkeypatch.setattr(geometric, "BLOCK_PAIRS", 4)  # several blocks, images recur across them
+    with UriReader() as reader:
+        got = geometric.measure_uri_pairs(pairs, reader, threads=3)
+    assert got[-1] is None
+    for (a, b), match in zip(pairs[:-1], got[:-1], strict=True):
+        assert match == verify_pair(open_image(Path(a).read_bytes()), open_image(Path(b).read_bytes())), (a, b)
