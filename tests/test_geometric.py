@@ -104,4 +104,7 @@ def test_pairs_measured_in_blocks_on_threads_match_one_by_one(
         got = geometric.measure_uri_pairs(pairs, reader, threads=3)
     assert got[-1] is None
     for (a, b), match in zip(pairs[:-1], got[:-1], strict=True):
-        assert match == verify_pair(open_image(Path(a).read_bytes()), open_image(Path(b).read_bytes())), (a, b)
+        assert match == verify_pair(open_image(Path(a).read_bytes()), open_image(Path(b).read_bytes())), (
+            a,
+            b,
+        )
