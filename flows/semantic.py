@@ -125,10 +125,17 @@ def semantic_dedup_stage(config: PipelineConfig, run_id: str, copy_model_id: str
 
     catalog = Catalog(config.catalog)
     result = apply_semantic_dedup(catalog, copy_model_id, config.curate.semdedup, run_id)
+    cfg = config.curate.semdedup
+    verified = (
+        f", verified geometrically under {cfg.verify_below}: {result.get('geometric_checked')} pairs checked, "
+        f"{result.get('geometric_vetoed')} vetoed"
+        if cfg.verify == "geometric"
+        else ""
+    )
     get_run_logger().info(
-        "semantic dedup (%s, cosine >= %s): %s near duplicates, %s rows changed",
-        copy_model_id, config.curate.semdedup.threshold, result.get("near_duplicate_embedding"),
-        result.get("changed"),
+        "semantic dedup (%s, cosine >= %s%s): %s near duplicates, %s rows changed",
+        copy_model_id, result.get("verify_from", cfg.threshold), verified,
+        result.get("near_duplicate_embedding"), result.get("changed"),
     )  # fmt: skip
     publish_counts("semantic-dedup", status_counts(catalog), "after near-duplicate removal by copy vectors")
     pairs = [(p["uri"], p["dup_of_uri"], f"cos {p['cosine']:.3f}") for p in result.get("pairs", [])]
