@@ -162,7 +162,7 @@ BLOCK_PAIRS = 4096  # pairs whose images' local features are held at once (about
 
 def default_threads() -> int:
     """Threads for verification: the cores this process may use (OpenCV and PIL release the GIL: two
-    threads verify 1.9-2.1x faster than one on 2 cores, docs/semantic-dedup.md)."""
+    threads verify 1.66x faster than one on 2 idle cores, benchmarks/results/geometric.md)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
