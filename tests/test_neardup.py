@@ -3,6 +3,8 @@ catalog stage (incremental: a new image meets the old kept ones), and hash dedup
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -215,20 +217,16 @@ def test_gpu_and_cpu_searches_agree() -> None:
         assert planted <= cpu_set and len(cpu_set ^ gpu_set) <= 0.01 * len(cpu_set), kind
 
 
-def test_links_under_verify_below_need_a_geometric_match(tmp_path, raw_photos) -> None:  # type: ignore[no-untyped-def]
-    """Three real photos and a cropped copy of the first, all four vectors at cosine ~0.95 of each
-    other (as the descriptor puts different photos of one scene): with geometric verification only
-    the copy is linked; cosine alone links everything into one group."""
+def _scene_catalog(tmp_path, photos: list, crop: Path, seed: int) -> Catalog:  # type: ignore[no-untyped-def]
+    """A catalog of ``photos`` and ``crop`` (saved here: the first photo cropped by 10% per side), their
+    vectors all about cosine 0.95 of each other, as the descriptor puts different photos of one scene."""
     from PIL import Image
 
-    photos = sorted(raw_photos.glob("*.JPEG"))[40:43]
     with Image.open(photos[0]) as img:
         w, h = img.size
-        img.convert("RGB").crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(
-            tmp_path / "crop.jpg", quality=85
-        )
-    files = [*photos, tmp_path / "crop.jpg"]
-    rng = np.random.default_rng(0)
+        img.convert("RGB").crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(crop, quality=85)
+    files = [*photos, crop]
+    rng = np.random.default_rng(seed)
     centre = _unit(rng.standard_normal((1, 64)))[0]
     noise = _unit(rng.standard_normal((len(files), 64)))
     vectors = {str(f): _unit((centre + 0.23 * n)[None])[0] for f, n in zip(files, noise, strict=True)}
@@ -236,9 +234,19 @@ def test_links_under_verify_below_need_a_geometric_match(tmp_path, raw_photos) -
     for f in files:
         with Image.open(f) as img:
             rows.append({**_row(str(f), 0), "width": img.width, "height": img.height})
-    catalog = _catalog(tmp_path, rows, vectors)
-    cos = np.stack(list(vectors.values()))
-    assert ((cos @ cos.T)[np.triu_indices(4, 1)] > 0.93).all()
+    cos = (np.stack(list(vectors.values())) @ np.stack(list(vectors.values())).T)[
+        np.triu_indices(len(files), 1)
+    ]
+    assert ((cos > 0.9) & (cos < 0.99)).all()
+    return _catalog(tmp_path, rows, vectors)
+
+
+def test_links_under_verify_below_need_a_geometric_match(tmp_path, raw_photos) -> None:  # type: ignore[no-untyped-def]
+    """Three real photos and a cropped copy of the first, all four vectors at cosine ~0.95 of each
+    other (as the descriptor puts different photos of one scene): with geometric verification only
+    the copy is linked; cosine alone links everything into one group."""
+    photos = sorted(raw_photos.glob("*.JPEG"))[40:43]
+    catalog = _scene_catalog(tmp_path, photos, tmp_path / "crop.jpg", seed=0)
     out = apply_semantic_dedup(catalog, MODEL, SemanticDedupConfig(threshold=0.9), "r1")
     st = _status(catalog)
     assert st[str(tmp_path / "crop.jpg")] == ("duplicate", "near_duplicate_embedding", str(photos[0]))
@@ -257,8 +265,6 @@ def test_pairs_from_verify_from_link_only_when_they_match_and_the_matches_are_st
     link anything), the next run reuses them and decides the same."""
     import shutil
 
-    from PIL import Image
-
     from curation.geometric import VERIFIER_ID
     from data_catalog.matches import MATCHES_SCHEMA, TABLE
 
@@ -267,23 +273,7 @@ def test_pairs_from_verify_from_link_only_when_they_match_and_the_matches_are_st
         photos.append(tmp_path / "pool" / p.name)
         photos[-1].parent.mkdir(exist_ok=True)
         shutil.copy(p, photos[-1])
-    with Image.open(photos[0]) as img:
-        w, h = img.size
-        img.convert("RGB").crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(
-            tmp_path / "pool" / "crop.jpg", quality=85
-        )
-    files = [*photos, tmp_path / "pool" / "crop.jpg"]
-    rng = np.random.default_rng(1)
-    centre = _unit(rng.standard_normal((1, 64)))[0]
-    noise = _unit(rng.standard_normal((len(files), 64)))
-    vectors = {str(f): _unit((centre + 0.23 * n)[None])[0] for f, n in zip(files, noise, strict=True)}
-    rows = []
-    for f in files:
-        with Image.open(f) as img:
-            rows.append({**_row(str(f), 0), "width": img.width, "height": img.height})
-    catalog = _catalog(tmp_path, rows, vectors)
-    cos = np.stack(list(vectors.values()))
-    assert ((cos @ cos.T)[np.triu_indices(len(files), 1)] < 0.99).all()
+    catalog = _scene_catalog(tmp_path, photos, tmp_path / "pool" / "crop.jpg", seed=1)
 
     alone = apply_semantic_dedup(catalog, MODEL, SemanticDedupConfig(threshold=0.99, verify_from=None), "r0")
     assert alone["near_duplicate_embedding"] == 0 and alone["candidate_pairs"] == 0
