@@ -40,6 +40,7 @@ from PIL import Image
 from benchmarks.common import machine, write_result
 from benchmarks.copy_detection_parts import Pool, evaluate, phash_scores
 from benchmarks.measure_phash_radius import shared_data_dir
+from benchmarks.semantic_dedup_parts import Verifier, knn_pairs, verify_grid
 from curation.binary_index import distinct_near_pairs, hex_to_uint64
 from curation.config import IngestConfig, SemanticDedupConfig
 from curation.decode import decode_record
@@ -102,90 +103,6 @@ def leak_scores(pool: Pool, v: np.ndarray, vm: np.ndarray) -> tuple[np.ndarray, 
     mirrored = np.maximum(plain, v[copies] @ vm.T)
     src = np.array([it.source for it in pool.items])
     return plain, mirrored, src[copies][:, None] == src[orig][None, :]
-
-
-class Verifier:
-    """The stages' geometric verification (``curation.geometric``, ``GeometricVerifyConfig`` defaults)
-    of pool items, local features computed once per item."""
-
-    def __init__(self, pool: Pool) -> None:
-        from curation.config import GeometricVerifyConfig
-
-        self.pool, self.cfg, self.features = pool, GeometricVerifyConfig(), {}  # type: ignore[var-annotated]
-        self.matches: dict[tuple[int, int], Any] = {}
-
-    def _feats(self, n: int) -> Any:
-        from curation.geometric import local_features
-
-        if n not in self.features:
-            self.features[n] = local_features(open_image(self.pool.items[n].data))
-        return self.features[n]
-
-    def measure(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(inliers [P], spread [P]) of the pairs (a, b), b also matched as its mirror."""
-        from curation.geometric import match_features
-
-        ms = []
-        for x, y in zip(a.tolist(), b.tolist(), strict=True):
-            if (x, y) not in self.matches:
-                self.matches[x, y] = match_features(self._feats(x), self._feats(y))
-            ms.append(self.matches[x, y])
-        return np.array([m.inliers for m in ms], np.int64), np.array([m.spread for m in ms], np.float64)
-
-    def keep(
-        self, a: np.ndarray, b: np.ndarray, score: np.ndarray, min_inliers: int | None = None,
-        min_spread: float | None = None,
-    ) -> np.ndarray:  # fmt: skip
-        """[P] bool: pairs (a, b) at ``score`` that the stages keep: at or above ``verify_below``, or
-        matching geometrically (b also as its mirror)."""
-        out = score >= self.cfg.verify_below
-        check = np.flatnonzero(~out)
-        inliers, spread = self.measure(a[check], b[check])
-        mi = self.cfg.min_inliers if min_inliers is None else min_inliers
-        ms = self.cfg.min_spread if min_spread is None else min_spread
-        out[check] = (inliers >= mi) & (spread >= ms)
-        return out
-
-
-GRID_FLOORS = (0.8, 0.85, 0.9, None)  # None: the cosine threshold itself
-GRID_INLIERS = (15, 20)
-GRID_SPREADS = (0.02, 0.03, 0.04, 0.05)
-
-
-def verify_grid(
-    pool: Pool, v: np.ndarray, score: np.ndarray, threshold: float, k: int, verifier: Verifier
-) -> list[dict[str, Any]]:
-    """Precision and recall of the stage's rule (k nearest from a floor, verified under verify_below)
-    over floors x min_inliers x min_spread: every candidate measured once at the lowest floor."""
-    verify_below = SemanticDedupConfig().verify_below
-    near = knn_pairs(v, pool, k)
-    low = min(f for f in GRID_FLOORS if f is not None)
-    cand = np.flatnonzero(near & (score >= min(low, threshold)) & (score < verify_below))
-    inliers, spread = verifier.measure(pool.i[cand], pool.j[cand])
-    rows = []
-    for floor in GRID_FLOORS:
-        f = threshold if floor is None else floor
-        for mi in GRID_INLIERS:
-            for ms in GRID_SPREADS:
-                pred = near & (score >= verify_below)
-                ok = (score[cand] >= f) & (inliers >= mi) & (spread >= ms)
-                pred[cand[ok]] = True
-                r = evaluate(pool, score, pred)
-                rows.append({"floor": f, "min_inliers": mi, "min_spread": ms,
-                             "verified_per_image": float((score[cand] >= f).sum() / len(pool.items)),
-                             "precision": r["precision"], "recall": r["recall"], "fp": r["fp"], "groups": r["groups"]})  # fmt: skip
-    return rows
-
-
-def knn_pairs(v: np.ndarray, pool: Pool, k: int) -> np.ndarray:
-    """[P] bool over the pool's pairs: one image is among the other's ``k`` nearest (the stage's search)."""
-    sim = v @ v.T
-    np.fill_diagonal(sim, -np.inf)
-    nn = np.argpartition(-sim, k, axis=1)[:, :k]
-    near = np.zeros(sim.shape, dtype=bool)
-    near[np.repeat(np.arange(len(v)), k), nn.ravel()] = True
-    near |= near.T
-    return near[pool.i, pool.j]
 
 
 def dedup_stage(pool: Pool, v: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -381,6 +298,21 @@ def _pr(r: dict) -> str:
     return f"{r['precision']:.4f} | {r['recall']:.3f}"
 
 
+def grid_lines(cal: dict[str, Any], held: dict[str, Any]) -> list[str]:
+    """The report's verification-grid table (empty without ``--grid``)."""
+    if "verify_grid" not in cal:
+        return []
+    lines = ["", "Geometric verification grid (choose on calibration; held-out never tuned on): pairs among the "
+          f"{SemanticDedupConfig().k} nearest from the floor up, those under 0.99 linked when they match:", "",
+          "| floor | min inliers | min spread | verified per image | calibration P | calibration R | held-out P | "
+          "held-out R | held-out easy | held-out hard |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for c, h in zip(cal["verify_grid"], held["verify_grid"], strict=True):
+        lines.append(f"| {c['floor']:.4g} | {c['min_inliers']} | {c['min_spread']} | {c['verified_per_image']:.1f} | "
+                 f"{c['precision']:.4f} | {c['recall']:.3f} | {h['precision']:.4f} | {h['recall']:.3f} | "
+                 f"{h['groups'].get('easy', 0):.3f} | {h['groups'].get('hard', 0):.3f} |")  # fmt: skip
+    return lines
+
+
 def report(
     desc_label: str, ed: dict, ph: dict, cf: dict | None, args: argparse.Namespace, secs: float
 ) -> str:
@@ -415,15 +347,7 @@ def report(
         ("semantic or pHash", "union"),
     ):
         lines.append(f"| {label} | " + " | ".join(f"{held[key]['edits'][n]:.3f}" for n in names) + " |")
-    if "verify_grid" in cal:
-        lines += ["", "Geometric verification grid (choose on calibration; held-out never tuned on): pairs among the "
-                  f"{SemanticDedupConfig().k} nearest from the floor up, those under 0.99 linked when they match:", "",
-                  "| floor | min inliers | min spread | verified per image | calibration P | calibration R | held-out P | "
-                  "held-out R | held-out easy | held-out hard |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for c, h in zip(cal["verify_grid"], held["verify_grid"], strict=True):
-            lines.append(f"| {c['floor']:.4g} | {c['min_inliers']} | {c['min_spread']} | {c['verified_per_image']:.1f} | "
-                         f"{c['precision']:.4f} | {c['recall']:.3f} | {h['precision']:.4f} | {h['recall']:.3f} | "
-                         f"{h['groups'].get('easy', 0):.3f} | {h['groups'].get('hard', 0):.3f} |")  # fmt: skip
+    lines += grid_lines(cal, held)
     st = held["dedup_stage"]
     lines += ["", f"The dedup stage on the held-out pool ({st['images']} images, `near_duplicate_pairs` k = 16 + components + "
               f"keeper): {st['removed']} removed, {st['removed_wrongly']} of them grouped with another photo; "
