@@ -1,5 +1,6 @@
 """Pieces of ``benchmarks.measure_semantic_dedup``: the stages' geometric verification of pool pairs,
-the k-NN candidate pairs, and the grid of verification settings (floors x inliers x spread)."""
+the k-NN candidate pairs, the grid of verification settings (floors x inliers x spread), and leak
+removal's rule over each copy's nearest benchmark images."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from benchmarks.copy_detection_parts import Pool, evaluate
 from curation.config import SemanticDedupConfig
+from curation.leaks import nearest_distinct
 from data_catalog.image import open_image
 
 
@@ -94,3 +96,46 @@ def knn_pairs(v: np.ndarray, pool: Pool, k: int) -> np.ndarray:
     near[np.repeat(np.arange(len(v)), k), nn.ravel()] = True
     near |= near.T
     return near[pool.i, pool.j]
+
+
+LEAK_GRID_K = (4, 8)
+LEAK_GRID_FLOORS = (0.7, 0.75, 0.8, 0.85, 0.9)
+
+
+def leak_outcome(pred: np.ndarray, pos: np.ndarray, edits: np.ndarray) -> dict[str, Any]:
+    """Precision of the predicted (copy, original) pairs, recall of copies with a true one, per edit."""
+    from evaluation.copy_detection import GROUPS
+
+    hit = (pred & pos).any(axis=1)
+    groups = {
+        g: float(hit[np.isin(edits, names)].mean())
+        for g, names in GROUPS.items()
+        if np.isin(edits, names).any()
+    }
+    return {"precision": int((pred & pos).sum()) / max(int(pred.sum()), 1), "recall": float(hit.mean()),
+            "groups": groups, "edits": {e: float(hit[edits == e].mean()) for e in dict.fromkeys(edits)}}  # fmt: skip
+
+
+def leak_rule(
+    plain: np.ndarray, against_mirrors: np.ndarray, copies: np.ndarray, orig: np.ndarray, verifier: Verifier,
+    k: int, floor: float,
+) -> tuple[np.ndarray, int]:  # fmt: skip
+    """(pred [C, O], pairs verified) of leak removal's rule (``curation.leaks.verified_matches``): each
+    copy's ``k`` nearest of the originals' vectors and their mirrors' (``nearest_distinct``), from
+    ``floor`` up, best first; the first at verify_below or matching geometrically is the leak."""
+    entries = np.empty((plain.shape[0], 2 * plain.shape[1]), np.float32)
+    entries[:, 0::2], entries[:, 1::2] = plain, against_mirrors
+    top = np.argsort(-entries, axis=1, kind="stable")[:, :k]
+    cand, csim = nearest_distinct(np.take_along_axis(entries, top, axis=1), top, mirror=True)
+    pred = np.zeros(plain.shape, dtype=bool)
+    open_rows, verified = np.ones(len(copies), dtype=bool), 0
+    for j in range(cand.shape[1]):
+        c, s = cand[:, j], csim[:, j]
+        rows = np.flatnonzero(open_rows & (c >= 0) & (s >= floor))
+        if rows.size == 0:
+            break
+        ok = verifier.keep(copies[rows], orig[c[rows]], s[rows])
+        verified += int((s[rows] < verifier.cfg.verify_below).sum())
+        pred[rows[ok], c[rows[ok]]] = True
+        open_rows[rows[ok]] = False
+    return pred, verified

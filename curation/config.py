@@ -262,7 +262,19 @@ class LeakConfig(GeometricVerifyConfig):
         "is >= this. 0.936: precision 0.99 on the calibration photos for the shipped descriptor (held-out: "
         "0.976, recall 0.50; docs/semantic-dedup.md). DINOv2 used 0.45 on SSCD's own features.",
     )
-    k: int = Field(default=4, ge=1, description="Nearest eval images searched per pool image.")
+    verify_from: float | None = Field(
+        default=0.8,
+        ge=-1.0,
+        le=1.0,
+        description="With verify=geometric, the nearest eval images from this cosine up are candidates too, "
+        "tried best first and a leak only when one matches geometrically (pairs that cannot be verified, such "
+        "as images under verify_min_side, still need threshold). None: threshold (docs/semantic-dedup.md).",
+    )
+    k: int = Field(
+        default=4,
+        ge=1,
+        description="Nearest eval vectors searched per pool image (an image and its mirror are two vectors).",
+    )
     mirror: bool = Field(
         default=True,
         description="Also match against each eval image's horizontal mirror (a mirrored copy matches even "

@@ -135,10 +135,12 @@ def list_eval_sets(eval_sets: dict[str, str]) -> dict[str, pa.Table]:
 
 
 def embed_uris(
-    descriptor: Any, uris: list[str], embed_cfg: Any, mirror: bool, chunk: int = 512
-) -> np.ndarray:
+    descriptor: Any, uris: list[str], embed_cfg: Any, mirror: bool, chunk: int = 512,
+    sides: list[int] | None = None,
+) -> np.ndarray:  # fmt: skip
     """[N, D] unit vectors of the images at ``uris`` (with ``mirror``: [2N, D], row 2i the image,
-    2i + 1 its horizontal mirror), read by the one uri reader, opened by the one image opener."""
+    2i + 1 its horizontal mirror), read by the one uri reader, opened by the one image opener. With
+    ``sides``, each image's shorter side is appended to it."""
     from curation.embed import embed_arrays
 
     out = []
@@ -147,6 +149,8 @@ def embed_uris(
             imgs: list[Image.Image] = []
             for uri in uris[start : start + chunk]:
                 img = open_image(reader.read(uri))
+                if sides is not None:
+                    sides.append(min(img.size))
                 imgs += [img, img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)] if mirror else [img]
             out.append(
                 embed_arrays(descriptor, imgs, embed_cfg.batch_size, embed_cfg.device, embed_cfg.precision)
@@ -222,51 +226,100 @@ def small_image_matches(
     return small, best, score
 
 
-def geometric_check(
-    pool: pa.Table, best: np.ndarray, sim: np.ndarray, meta: pa.Table, small: np.ndarray, cfg: Any,
-    catalog: Catalog | None = None, run_id: str = "",
-) -> tuple[np.ndarray, dict[int, str], dict[str, int]]:  # fmt: skip
-    """``(passes [P] bool, notes {row: ", N inliers"}, {"checked", "vetoed"})``: the candidates with
-    ``threshold <= cosine < verify_below`` (not small, shorter side >= ``verify_min_side``) verified
-    geometrically against their eval image and its mirror (``curation.geometric.verify_uri_pairs``); one
-    whose image cannot be read now is decided by its cosine. With a ``catalog``, matches are stored
-    and reused there (``data_catalog.matches``)."""
+def nearest_distinct(s: np.ndarray, i: np.ndarray, mirror: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows [P, k], cosines [P, k])``: each pool row's nearest benchmark images from a search over
+    the benchmark's vectors (with ``mirror``: row 2b the image b, 2b + 1 its mirror), best first, each
+    image once at the better of its two cosines; -1 / -inf pad the rows with fewer distinct images."""
+    rows = np.where(i >= 0, i // (2 if mirror else 1), -1)
+    drop = rows < 0
+    for j in range(1, rows.shape[1]):
+        drop[:, j] |= (rows[:, j : j + 1] == rows[:, :j]).any(axis=1)
+    order = np.argsort(drop, axis=1, kind="stable")  # kept entries first, still best first
+    rows, sims = np.where(drop, -1, rows), np.where(drop, -np.inf, s).astype(np.float32)
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(sims, order, axis=1)
+
+
+def leak_floor(cfg: Any) -> float:
+    """The cosine from which a pool image's nearest benchmark images are candidates: ``cfg.threshold``,
+    or the lower ``verify_from`` when candidates are verified geometrically."""
+    if cfg.verify != "geometric" or cfg.verify_from is None:
+        return float(cfg.threshold)
+    return float(min(cfg.threshold, cfg.verify_from))
+
+
+def verified_matches(
+    pool: pa.Table, cand: np.ndarray, csim: np.ndarray, meta: pa.Table, eval_sides: np.ndarray,
+    small: np.ndarray, cfg: Any, catalog: Catalog | None = None, run_id: str = "",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str], dict[str, int]]:  # fmt: skip
+    """``(leak [P] bool, best [P], cosine [P], notes {row: ", N inliers"}, {"checked", "vetoed"})`` of the
+    pool rows that are not ``small``, from their nearest benchmark images ``cand`` / ``csim``
+    (:func:`nearest_distinct`).
+
+    Without geometric verification a row leaks when its nearest benchmark image is at ``cfg.threshold``.
+    With ``cfg.verify == "geometric"``: a nearest image at or above ``verify_below`` decides alone; under
+    it, the candidates from :func:`leak_floor` up are tried best first, and the first that matches
+    geometrically (``curation.geometric.verify_uri_pairs``, the benchmark image also mirrored) is the
+    leak. A candidate that cannot be verified (either image's shorter side under ``verify_min_side``,
+    ``eval_sides`` [B] giving the benchmark's, or an image that cannot be read now) counts at
+    ``cfg.threshold``. With a ``catalog``, matches are stored and reused there."""
     from curation.geometric import verify_uri_pairs
 
-    passes, notes = np.ones(pool.num_rows, dtype=bool), dict[int, str]()
-    band = ~small & (best >= 0) & (sim >= cfg.threshold) & (sim < cfg.verify_below)
-    rows = np.flatnonzero(band & ~_small_rows(pool, cfg.verify_min_side))
-    if cfg.verify != "geometric" or rows.size == 0:
-        return passes, notes, {"checked": 0, "vetoed": 0}
-    pool_uris = pool.column("uri").take(pa.array(rows)).to_pylist()
-    eval_uris = meta.column("uri").take(pa.array(best[rows])).to_pylist()
-    pool_ids = pool.column("image_id").take(pa.array(rows)).to_pylist()
-    eval_ids = meta.column("image_id").take(pa.array(best[rows])).to_pylist()
-    keyed = all(pool_ids) and all(eval_ids)
-    ok, matches = verify_uri_pairs(
-        list(zip(pool_uris, eval_uris, strict=True)), cfg.min_inliers, cfg.min_spread,
-        ids=list(zip(pool_ids, eval_ids, strict=True)) if keyed else None, catalog=catalog, run_id=run_id,
-    )  # fmt: skip
-    ok |= np.array([m is None for m in matches], dtype=bool)  # an unreadable image: the cosine decides
-    passes[rows] = ok
-    for r, match in zip(rows, matches, strict=True):
-        if match is not None:
-            notes[int(r)] = f", {match.inliers} inliers" + (" (mirrored)" if match.mirrored else "")
-    return passes, notes, {"checked": int(rows.size), "vetoed": int((~ok).sum())}
+    n, k = cand.shape
+    best, sim = np.full(n, -1, np.int64), np.full(n, -np.inf, np.float32)
+    notes, counts = dict[int, str](), {"checked": 0, "vetoed": 0}
+    if k == 0:
+        return np.zeros(n, dtype=bool), best, sim, notes, counts
+    best[:], sim[:] = cand[:, 0], csim[:, 0]
+    leak = ~small & (best >= 0) & (sim >= cfg.threshold)
+    if cfg.verify != "geometric":
+        return leak, best, sim, notes, counts
+    sure = ~small & (best >= 0) & (sim >= cfg.verify_below)
+    leak = sure.copy()
+    open_rows = ~small & ~sure
+    pool_big = ~_small_rows(pool, cfg.verify_min_side)
+    floor = leak_floor(cfg)
+    pool_uris, pool_ids = pool.column("uri").to_pylist(), pool.column("image_id").to_pylist()
+    eval_uris, eval_ids = meta.column("uri").to_pylist(), meta.column("image_id").to_pylist()
+    for j in range(k):  # round j: the j-th nearest image of every row not decided yet
+        c, s = cand[:, j], csim[:, j]
+        live = open_rows & (c >= 0) & (s >= floor)
+        if not live.any():
+            break
+        big = pool_big & (eval_sides[np.maximum(c, 0)] >= cfg.verify_min_side)
+        by_cosine = np.flatnonzero(live & ~big & (s >= cfg.threshold))
+        rows = np.flatnonzero(live & big)
+        ok = np.zeros(rows.size, dtype=bool)
+        if rows.size:
+            ids = [(pool_ids[r], eval_ids[c[r]]) for r in rows]
+            ok, matches = verify_uri_pairs(
+                [(pool_uris[r], eval_uris[c[r]]) for r in rows], cfg.min_inliers, cfg.min_spread,
+                ids=ids if all(a and b for a, b in ids) else None, catalog=catalog, run_id=run_id,
+            )  # fmt: skip
+            unreadable = np.array([m is None for m in matches], dtype=bool)
+            counts["checked"] += int((~unreadable).sum())
+            counts["vetoed"] += int((~ok & ~unreadable).sum())
+            ok |= unreadable & (s[rows] >= cfg.threshold)  # an unreadable image: the cosine decides
+            for r, match, good in zip(rows, matches, ok, strict=True):
+                if good and match is not None:
+                    notes[int(r)] = f", {match.inliers} inliers" + (" (mirrored)" if match.mirrored else "")
+        found = np.concatenate([by_cosine, rows[ok]]).astype(np.int64)
+        leak[found], best[found], sim[found] = True, c[found], s[found]
+        open_rows[found] = False
+    return leak, best, sim, notes, counts
 
 
 def _decide(
-    pool: pa.Table, best: np.ndarray, sim: np.ndarray, meta: pa.Table, threshold: float, small: np.ndarray,
-    small_threshold: float, notes: dict[int, str] | None = None,
+    pool: pa.Table, leak: np.ndarray, best: np.ndarray, sim: np.ndarray, meta: pa.Table, small: np.ndarray,
+    notes: dict[int, str] | None = None,
 ) -> pa.Table:  # fmt: skip
-    """New decided columns of the pool rows: leaks rejected, stale leaks back to accepted. Small rows
-    (``small``) carry an aligned correlation in ``sim`` and meet ``small_threshold``; ``notes`` end
-    the detail of geometrically verified rows."""
+    """New decided columns of the pool rows: ``leak`` rows rejected against benchmark row ``best`` at
+    ``sim`` (an aligned correlation for ``small`` rows, else a cosine), stale leaks back to accepted;
+    ``notes`` end the detail of geometrically verified rows."""
     notes = notes or {}
     out: dict[str, list] = {n: [] for n in DECIDED}
     names, uris, ids, labels = (meta.column(c).to_pylist() for c in ("name", "uri", "image_id", "label"))
     for r, row in enumerate(pool.select(DECIDED).to_pylist()):
-        if best[r] >= 0 and sim[r] >= (small_threshold if small[r] else threshold):
+        if leak[r]:
             b = int(best[r])
             short = f"{labels[b]}/{os.path.basename(uris[b].split('#')[-1])}" if labels[b] else uris[b]
             measure = "aligned correlation" if small[r] else "cosine"
@@ -296,18 +349,21 @@ def apply_leak_removal(
     meta = pa.concat_tables(
         [t.append_column("name", pa.array([n] * t.num_rows, pa.string())) for n, t in listed.items()]
     )
-    base = embed_uris(descriptor, meta.column("uri").to_pylist(), embed_cfg, mirror)
+    sides: list[int] = []
+    base = embed_uris(descriptor, meta.column("uri").to_pylist(), embed_cfg, mirror, sides=sides)
     pool, vectors, missing = _pool(catalog, descriptor.model_id, list(listed))
-    best = np.full(pool.num_rows, -1, np.int64)
-    sim = np.full(pool.num_rows, -np.inf, np.float32)
+    cand = np.full((pool.num_rows, 0), -1, np.int64)
+    csim = np.full((pool.num_rows, 0), -np.inf, np.float32)
     if pool.num_rows:
         s, i = search(base, vectors, cfg.k, Search(exact_max=max(200_000, len(base))))
-        best, sim = i[:, 0] // (2 if mirror else 1), s[:, 0]
+        cand, csim = nearest_distinct(s, i, mirror)
     small, small_best, small_score = small_image_matches(pool, meta, cfg)
+    leak, best, sim, notes, checked = verified_matches(
+        pool, cand, csim, meta, np.array(sides, np.int64), small, cfg, catalog, run_id
+    )
+    leak |= small & (small_best >= 0) & (small_score >= cfg.small_threshold)
     best, sim = np.where(small, small_best, best), np.where(small, small_score, sim)
-    passes, notes, checked = geometric_check(pool, best, sim, meta, small, cfg, catalog, run_id)
-    decide_sim = np.where(passes, sim, -np.inf).astype(np.float32)
-    new = _decide(pool, best, decide_sim, meta, cfg.threshold, small, cfg.small_threshold, notes)
+    new = _decide(pool, leak, best, sim, meta, small, notes)
     changed = decided_changed(pool.select(DECIDED), new)
     version = catalog.version("images")
     if changed.any():
@@ -318,7 +374,7 @@ def apply_leak_removal(
     return {
         "benchmarks": per, "threshold": cfg.threshold, "model_id": descriptor.model_id, "mirror": mirror,
         "small_images": int(small.sum()), "small_threshold": cfg.small_threshold,
-        "verify": cfg.verify, "geometric_checked": checked["checked"], "geometric_vetoed": checked["vetoed"],
+        "verify": cfg.verify, "verify_from": leak_floor(cfg), "geometric_checked": checked["checked"], "geometric_vetoed": checked["vetoed"],
         "pool": pool.num_rows, "missing_vectors": missing, "leaks": int(is_leak.sum()),
         "changed": int(changed.sum()), "images_version": version,
         "seconds": round(time.perf_counter() - start, 3),

@@ -155,7 +155,7 @@ def selection_record(
         thresholds["near_duplicate_geometric"] = _geometric(cur.semdedup, cur.semdedup.verify_from)
     if "leaks" in stages:
         thresholds["eval_leak_cosine"] = cur.leaks.threshold
-        thresholds["eval_leak_geometric"] = _geometric(cur.leaks, None)
+        thresholds["eval_leak_geometric"] = _geometric(cur.leaks, cur.leaks.verify_from)
         rule["eval_sets"] = dict(cur.leaks.eval_sets)
     embedders = {
         role: {"model_id": r["model_id"], "checkpoint": r["checkpoint"]} for role, r in embedded.items()

@@ -9,6 +9,7 @@ import re
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
@@ -125,7 +126,7 @@ def test_planted_copies_of_benchmark_images_are_removed(tmp_path: Path, raw_phot
     )
     cos = {n: float(re.search(r"cosine ([0-9.]+)", got[n]["detail"]).group(1)) for n in planted}  # type: ignore[union-attr]
     assert cos["exact.jpg"] > 0.9999 and cos["mirror.jpg"] > 0.99  # the mirrored benchmark image matches
-    strict = LeakConfig(threshold=0.9999)
+    strict = LeakConfig(threshold=0.9999, verify="none")  # cosine alone
     apply_leak_removal(catalog, descriptor, {"bench": str(root)}, strict, "r3", EmbedConfig(device="cpu"))
     got = {Path(r["uri"]).name: r for r in read_images(catalog).to_pylist()}
     assert got["exact.jpg"]["reason"] == "eval_leak"
@@ -164,10 +165,14 @@ def test_candidates_that_do_not_match_geometrically_stay_accepted(tmp_path: Path
         assert re.search(r", \d+ inliers", got[name]["detail"]), got[name]["detail"]
     assert "(mirrored)" in got["mirror.jpg"]["detail"]
     assert all(got[n]["status"] == "accepted" for n in others), [got[n]["detail"] for n in others]
-    assert out["geometric_checked"] == len(files) and out["geometric_vetoed"] == len(others)
+    # a copy stops at its first verified candidate; every other pool image tries each benchmark image
+    # among its k = 4 nearest vectors (an image and its mirror are two)
+    assert out["geometric_checked"] > len(files) and out["geometric_vetoed"] >= len(others)
+    assert out["geometric_checked"] - out["geometric_vetoed"] == len(planted)
     # each (pool image, benchmark image) match is stored once, under the verifier's id
     stored = catalog.read(MATCHES, MATCHES_SCHEMA)
-    assert stored.num_rows == len(files) and set(stored.column("verifier").to_pylist()) == {VERIFIER_ID}
+    assert stored.num_rows == out["geometric_checked"]
+    assert set(stored.column("verifier").to_pylist()) == {VERIFIER_ID}
     # without verification the same threshold takes every pool image
     unverified = LeakConfig(**loose, verify="none")
     out = apply_leak_removal(
@@ -176,15 +181,58 @@ def test_candidates_that_do_not_match_geometrically_stay_accepted(tmp_path: Path
     assert out["leaks"] == len(files) and out["geometric_checked"] == 0
 
 
-def _catalog_of(tmp_path: Path, pool_dir: Path, files: dict[str, bytes], descriptor) -> Catalog:  # type: ignore[no-untyped-def]
-    """A catalog holding ``files`` as accepted images with their real sizes and copy vectors."""
+def test_a_copy_is_found_behind_a_nearer_benchmark_image(tmp_path: Path, raw_photos: Path) -> None:
+    """A copy whose nearest benchmark image is another photo, with its own original second and both under
+    the threshold: candidates from verify_from are tried best first, and the one that matches is the leak;
+    with the candidates starting at the threshold it stays accepted."""
+    photos = sorted(raw_photos.glob("*.JPEG"))[30:34]
+    root = _folder(tmp_path / "bench", {f"c/{p.name}": p.read_bytes() for p in photos})
+    img = open_image(photos[1].read_bytes()).convert("RGB")
+    w, h = img.size
+    files = {"crop.jpg": _jpeg(img.crop((w // 10, h // 10, w - w // 10, h - h // 10)))}
+    descriptor = load_descriptor(BOOTSTRAP)
+    # the copy's vector: cosine 0.70 to the wrong photo and 0.65 to its original, built in the plane of
+    # the two plus a third direction
+    bench = embed_arrays(descriptor, [open_image(p.read_bytes()) for p in photos], device="cpu")
+    e1 = bench[0].astype(np.float64) / np.linalg.norm(bench[0])
+    right = bench[1].astype(np.float64) / np.linalg.norm(bench[1])
+    rho = float(right @ e1)
+    e2 = (right - rho * e1) / np.linalg.norm(right - rho * e1)
+    e3 = np.random.default_rng(0).standard_normal(e1.shape)
+    e3 -= (e3 @ e1) * e1 + (e3 @ e2) * e2
+    e3 /= np.linalg.norm(e3)
+    beta = (0.65 - 0.70 * rho) / np.sqrt(1 - rho**2)
+    x = 0.70 * e1 + beta * e2 + np.sqrt(1 - 0.70**2 - beta**2) * e3
+    cos = bench.astype(np.float64) @ x / np.linalg.norm(bench, axis=1)
+    assert np.argsort(-cos)[:2].tolist() == [0, 1] and 0.6 < cos[1] < cos[0] < 0.75, cos
+    catalog = _catalog_of(tmp_path, _folder(tmp_path / "pool", files), files, descriptor, x[None])
+    eval_sets, embed = {"bench": str(root)}, EmbedConfig(device="cpu")
+    plain = {"mirror": False}  # the search over the benchmark images as they are
+    out = apply_leak_removal(
+        catalog, descriptor, eval_sets, LeakConfig(**plain, verify_from=None), "r1", embed, mirror=False
+    )
+    assert out["leaks"] == 0 and out["geometric_checked"] == 0
+    out = apply_leak_removal(
+        catalog, descriptor, eval_sets, LeakConfig(**plain, verify_from=0.6), "r2", embed, mirror=False
+    )
+    row = read_images(catalog).to_pylist()[0]
+    assert out["leaks"] == 1 and out["verify_from"] == 0.6
+    assert row["reason"] == "eval_leak" and row["dup_of_uri"].endswith(photos[1].name), row
+    assert row["detail"].startswith(f"bench: c/{photos[1].name}, cosine {cos[1]:.4f}, ")
+    assert (out["geometric_checked"], out["geometric_vetoed"]) == (2, 1)  # the nearer photo was vetoed
+
+
+def _catalog_of(tmp_path: Path, pool_dir: Path, files: dict[str, bytes], descriptor, vectors=None) -> Catalog:  # type: ignore[no-untyped-def]
+    """A catalog holding ``files`` as accepted images with their real sizes and copy vectors (or
+    ``vectors``)."""
     catalog = Catalog(str(tmp_path / "cat"))
     sizes = {n: open_image(d).size for n, d in files.items()}
     rows = [{"uri": str(pool_dir / n), "image_id": hashlib.sha256(d).hexdigest(), "status": "accepted",
              "width": sizes[n][0], "height": sizes[n][1], "bytes": len(d)} for n, d in files.items()]  # fmt: skip
     upsert_images(catalog, pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), "t")
-    vecs = embed_arrays(descriptor, [open_image(d) for d in files.values()], device="cpu")
-    write_embeddings(catalog, descriptor.model_id, [str(r["image_id"]) for r in rows], vecs, "t")
+    if vectors is None:
+        vectors = embed_arrays(descriptor, [open_image(d) for d in files.values()], device="cpu")
+    write_embeddings(catalog, descriptor.model_id, [str(r["image_id"]) for r in rows], vectors, "t")
     return catalog
 
 
