@@ -263,17 +263,20 @@ class LeakConfig(GeometricVerifyConfig):
         "0.976, recall 0.50; docs/semantic-dedup.md). DINOv2 used 0.45 on SSCD's own features.",
     )
     verify_from: float | None = Field(
-        default=0.8,
+        default=0.7,
         ge=-1.0,
         le=1.0,
         description="With verify=geometric, the nearest eval images from this cosine up are candidates too, "
         "tried best first and a leak only when one matches geometrically (pairs that cannot be verified, such "
-        "as images under verify_min_side, still need threshold). None: threshold (docs/semantic-dedup.md).",
+        "as images under verify_min_side, still need threshold). None: threshold. 0.7 with k=8, the best "
+        "calibration recall of the grid at precision 1.000: held-out copies found 0.489 -> 0.783 at precision "
+        "1.000 -> 0.9995, hard edits 0.19 -> 0.60, 2.3 pairs verified per copy (docs/semantic-dedup.md).",
     )
     k: int = Field(
-        default=4,
+        default=8,
         ge=1,
-        description="Nearest eval vectors searched per pool image (an image and its mirror are two vectors).",
+        description="Nearest eval vectors searched per pool image (an image and its mirror are two vectors; "
+        "8 against 4: calibration recall 0.735 -> 0.773 at floor 0.7, held-out 0.743 -> 0.783).",
     )
     mirror: bool = Field(
         default=True,

@@ -7,13 +7,15 @@ folder); a missing path or one holding no images is a one-line ValueError before
 
 :func:`apply_leak_removal` embeds every benchmark image with the copy descriptor (and its
 horizontal mirror, so a mirrored copy matches even where the descriptor is not mirror-invariant),
-searches each pool image's nearest benchmark images (``curation.vector_search``), and rejects the pool
-images whose cosine to a benchmark image is >= ``LeakConfig.threshold``: status ``rejected``, reason
-``eval_leak``, ``dup_of`` / ``dup_of_uri`` the benchmark image, ``detail``
-``"<NAME>: <label>/<file>, cosine 0.9123"`` (the benchmark's name first, then the image). With
-``LeakConfig.verify = "geometric"`` a candidate under ``verify_below`` must also match geometrically
-(``curation.geometric``; detail ``"..., cosine 0.9512, 48 inliers"``), else it stays accepted: at the
-threshold the descriptor also pairs different photos of one kind of scene. Pool images
+searches each pool image's ``LeakConfig.k`` nearest benchmark vectors (``curation.vector_search``), and
+rejects the pool images that copy one: status ``rejected``, reason ``eval_leak``, ``dup_of`` /
+``dup_of_uri`` the benchmark image, ``detail`` ``"<NAME>: <label>/<file>, cosine 0.9123"`` (the
+benchmark's name first, then the image). With ``LeakConfig.verify = "none"`` the nearest benchmark image
+at cosine >= ``threshold`` is the leak. With ``"geometric"`` (the default) a nearest image at or above
+``verify_below`` decides alone; under it, the nearest images from ``verify_from`` up are tried best first
+and the first that matches geometrically (``curation.geometric``; detail ``"..., cosine 0.8512, 48
+inliers"``) is the leak, so a copy is found behind a nearer photo of a similar scene; pairs that cannot
+be verified (an image under ``verify_min_side``, or unreadable now) count at ``threshold``. Pool images
 whose shorter side is below ``LeakConfig.small_side`` (CIFAR-sized) are decided instead by the
 small-image verifier (``curation.small_copies``: grey-pixel candidates, aligned high-pass
 correlation >= ``small_threshold``; detail ``"..., aligned correlation 0.8312"``): at 32 px the

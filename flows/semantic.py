@@ -160,8 +160,15 @@ def leak_stage(config: PipelineConfig, run_id: str, copy_checkpoint: str) -> dic
     result = apply_leak_removal(
         catalog, descriptor, dict(cur.leaks.eval_sets), cur.leaks, run_id, cur.embed, mirror=cur.leaks.mirror
     )
+    verified = (
+        f", candidates from cosine {result.get('verify_from')} verified geometrically under "
+        f"{cur.leaks.verify_below}: {result.get('geometric_checked')} pairs checked, "
+        f"{result.get('geometric_vetoed')} vetoed"
+        if cur.leaks.verify == "geometric"
+        else f", cosine >= {cur.leaks.threshold}"
+    )
     get_run_logger().info(
-        "leak removal against %s: %s", sorted(cur.leaks.eval_sets), result.get("benchmarks")
+        "leak removal against %s%s: %s", sorted(cur.leaks.eval_sets), verified, result.get("benchmarks")
     )
     publish_counts("leak-removal", status_counts(catalog), "after evaluation-leak removal")
     pairs = [(p["uri"], p["eval_uri"], str(p["detail"])) for p in result.get("examples", [])]
