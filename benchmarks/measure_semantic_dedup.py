@@ -288,19 +288,9 @@ def grid_lines(cal: dict[str, Any], held: dict[str, Any]) -> list[str]:
     return lines
 
 
-def report(
-    desc_label: str, ed: dict, ph: dict, cf: dict | None, args: argparse.Namespace, secs: float
-) -> str:
-    held, cal = ed["heldout"], ed["calibration"]
-    names = [*held["_single_edits"], *(["sscd_view"] if "sscd_view" in held["semantic"]["edits"] else [])]
-    lines = [
-        "# Semantic dedup, leak removal and pHash confirmation", "",
-        f"Descriptor: {desc_label}. Machine: {machine()}; {secs / 60:.1f} min.",
-        "Command: `nice -n 10 .venv/bin/python -m benchmarks.measure_semantic_dedup" + "".join(f" {a}" for a in args.argv) + "`",
-        "",
-        f"## Near-duplicate threshold (pairs, P >= 0.99 on calibration): cosine {ed['threshold']:.4f}", "",
-        "| pool | detector | precision | recall (all positive pairs) | found by it, missed by pHash (false) |", "|---|---|---:|---:|---:|",
-    ]  # fmt: skip
+def dedup_rows(cal: dict[str, Any], held: dict[str, Any], names: list[str]) -> list[str]:
+    """The report's near-duplicate rows: each detector on both pools, recall per edit, the grid."""
+    lines: list[str] = []
     for tag, r in (("calibration", cal), ("held-out", held)):
         lines.append(
             f"| {tag} | semantic | {_pr(r['semantic'])} | {r['found_by_semantic_missed_by_phash']} ({r['false_among_those']}) |"
@@ -323,6 +313,23 @@ def report(
     ):
         lines.append(f"| {label} | " + " | ".join(f"{held[key]['edits'][n]:.3f}" for n in names) + " |")
     lines += grid_lines(cal, held)
+    return lines
+
+
+def report(
+    desc_label: str, ed: dict, ph: dict, cf: dict | None, args: argparse.Namespace, secs: float
+) -> str:
+    held, cal = ed["heldout"], ed["calibration"]
+    names = [*held["_single_edits"], *(["sscd_view"] if "sscd_view" in held["semantic"]["edits"] else [])]
+    lines = [
+        "# Semantic dedup, leak removal and pHash confirmation", "",
+        f"Descriptor: {desc_label}. Machine: {machine()}; {secs / 60:.1f} min.",
+        "Command: `nice -n 10 .venv/bin/python -m benchmarks.measure_semantic_dedup" + "".join(f" {a}" for a in args.argv) + "`",
+        "",
+        f"## Near-duplicate threshold (pairs, P >= 0.99 on calibration): cosine {ed['threshold']:.4f}", "",
+        "| pool | detector | precision | recall (all positive pairs) | found by it, missed by pHash (false) |", "|---|---|---:|---:|---:|",
+    ]  # fmt: skip
+    lines += dedup_rows(cal, held, names)
     st = held["dedup_stage"]
     lines += ["", f"The dedup stage on the held-out pool ({st['images']} images, `near_duplicate_pairs` k = 16 + components + "
               f"keeper): {st['removed']} removed, {st['removed_wrongly']} of them grouped with another photo; "
